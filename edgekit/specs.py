@@ -1,0 +1,166 @@
+"""Frozen, strict specs for what users write in YAML: compile targets and device profiles.
+
+Every model forbids unknown keys and checks units and ranges, so a typo in a budget is an error,
+never a silently ignored rule. Loading from files (and naming the file in errors) lives in catalog.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# The compression methods edgekit knows, in order of increasing compression; see design.md.
+METHODS: tuple[str, ...] = (
+    "fp32",
+    "fp16",
+    "int8-weight",
+    "int8-dynamic",
+    "int8-static",
+    "int4-rtn",
+    "int4-hqq",
+    "int4-gptq",
+    "distill",
+)
+Method = Literal[
+    "fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq", "int4-gptq", "distill"
+]
+TASKS: tuple[str, ...] = ("text-generation", "text-classification", "feature-extraction")
+Task = Literal["text-generation", "text-classification", "feature-extraction"]
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class Spec(BaseModel):
+    """Base for every user-facing spec: immutable, unknown keys rejected, no type coercion from strings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
+
+
+# ---------------------------------------------------------------- targets: how to build
+
+
+class ExportSettings(Spec):
+    opset: Annotated[int, Field(ge=14, le=23)] = 17
+    dtype: Literal["fp32", "fp16"] = "fp32"
+
+
+class OptimizeSettings(Spec):
+    # onnxruntime graph optimization level applied offline; "all" adds layout and transformer fusions.
+    graph_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class Int8Settings(Spec):
+    weight_type: Literal["qint8", "quint8"] = "qint8"
+    activation_type: Literal["qint8", "quint8"] = "quint8"
+    per_channel: bool = True
+    # Without VNNI, u8s8 products can saturate the 16-bit intermediates on AVX2: reduce_range avoids it.
+    reduce_range: bool = False
+
+
+class Int4Settings(Spec):
+    block_size: Annotated[int, Field(ge=16, le=256)] = 32
+    accuracy_level: Annotated[int, Field(ge=0, le=4)] = 4
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> Int4Settings:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        return self
+
+
+class QuantizationSettings(Spec):
+    int8: Int8Settings = Int8Settings()
+    int4: Int4Settings = Int4Settings()
+
+
+class Target(Spec):
+    schema_: Literal["edgekit/target@1"] = Field(alias="schema")
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    description: str = ""
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    device: Literal["cpu", "gpu"]
+    arch: Literal["x86_64", "arm64"]
+    execution_providers: Annotated[tuple[str, ...], Field(min_length=1)]
+    export: ExportSettings = ExportSettings()
+    optimize: OptimizeSettings = OptimizeSettings()
+    quantization: QuantizationSettings = QuantizationSettings()
+    supports: Annotated[tuple[Method, ...], Field(min_length=1)]
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------- profiles: what must hold on a device
+
+
+class DeviceSpec(Spec):
+    # `host: true` means "this machine": figures are measured, never estimated.
+    host: bool = False
+    cores: PositiveInt | None = None
+    memory_mb: PositiveFloat | None = None
+    memory_bandwidth_gbps: PositiveFloat | None = None
+    peak_gflops_fp32: PositiveFloat | None = None
+    peak_gops_int8: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _figures_for_estimates(self) -> DeviceSpec:
+        if not self.host:
+            missing = [k for k in ("cores", "memory_mb", "memory_bandwidth_gbps", "peak_gflops_fp32")
+                       if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a device that is not the host needs {', '.join(missing)} for estimates")
+        return self
+
+
+class Workload(Spec):
+    batch_size: PositiveInt = 1
+    prompt_tokens: Annotated[int, Field(gt=0, le=32768)] = 64
+    new_tokens: Annotated[int, Field(gt=0, le=8192)] = 32
+    threads: Annotated[int, Field(gt=0, le=256)] = 1
+
+
+class Budgets(Spec):
+    model_size_mb: PositiveFloat | None = None
+    peak_rss_mb: PositiveFloat | None = None
+    decode_tokens_per_s_min: PositiveFloat | None = None
+    ttft_ms_p95: PositiveFloat | None = None
+    latency_ms_p95: PositiveFloat | None = None
+
+
+class FidelityFloors(Spec):
+    top1_agreement_min: Fraction | None = None
+    kld_mean_max: PositiveFloat | None = None
+    ppl_ratio_max: Annotated[float, Field(ge=1)] | None = None
+    accuracy_ratio_min: Fraction | None = None
+    cosine_min: Fraction | None = None
+
+
+class RegressionTolerance(Spec):
+    """How much worse than a baseline report a new one may be before `gate --baseline` fails."""
+
+    max_slowdown_pct: Annotated[float, Field(ge=0, le=100)] = 10.0
+    max_size_increase_pct: Annotated[float, Field(ge=0)] = 1.0
+    max_kld_increase: Annotated[float, Field(ge=0)] = 0.005
+    max_top1_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class Profile(Spec):
+    schema_: Literal["edgekit/profile@1"] = Field(alias="schema")
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    description: str = ""
+    target: Annotated[str, Field(min_length=1)]
+    device: DeviceSpec
+    workload: Workload = Workload()
+    budgets: Budgets = Budgets()
+    fidelity: FidelityFloors = FidelityFloors()
+    regression: RegressionTolerance = RegressionTolerance()
+    default_method: Method = "int8-weight"
+    # Encoders take dynamic int8 well while decoder LLMs collapse under it, so a profile may pick per task.
+    default_method_by_task: dict[Task, Method] = Field(default_factory=dict)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def method_for(self, task: str) -> str:
+        return self.default_method_by_task.get(task, self.default_method)  # type: ignore[call-overload]

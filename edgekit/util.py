@@ -1,0 +1,61 @@
+"""Small shared helpers: atomic folder writes, the cache location, peak RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgekit.errors import InputError
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("EDGEKIT_CACHE", "~/.cache/edgekit")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; rename it into place only if the block completes.
+
+    A crash or Ctrl-C leaves only a `.<name>.tmp-*` folder that never looks like a result; the previous
+    `final`, if any, stays untouched until the new one is complete.
+    """
+    final = Path(final)
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise InputError(f"cannot write to {parent}: {exc.strerror}") from exc
+    try:
+        yield tmp
+        if final.exists():
+            if not replace:
+                raise InputError(f"{final} already exists")
+            old = parent / f".{final.name}.old-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def dir_size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
