@@ -36,7 +36,7 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 class Spec(BaseModel):
     """Base for every user-facing spec: immutable, unknown keys rejected, no type coercion from strings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- targets: how to build
@@ -89,7 +89,7 @@ class Target(Spec):
     quantization: QuantizationSettings = QuantizationSettings()
     supports: Annotated[tuple[Method, ...], Field(min_length=1)]
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- profiles: what must hold on a device
@@ -160,7 +160,7 @@ class Profile(Spec):
     # Encoders take dynamic int8 well while decoder LLMs collapse under it, so a profile may pick per task.
     default_method_by_task: dict[Task, Method] = Field(default_factory=dict)
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     def method_for(self, task: str) -> str:
         return self.default_method_by_task.get(task, self.default_method)  # type: ignore[call-overload]

@@ -63,8 +63,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     import subprocess
     import sys
 
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("EDGEKIT_DEBUG", None)
+    base = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    full_env = {**base, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
     )
