@@ -88,15 +88,9 @@ class OnnxArtifact:
 
     def session(self, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> Any:
         """An onnxruntime session with a fixed thread count (reproducible latency) and the given providers."""
-        import onnxruntime as ort
+        from edgekit.runtime import make_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        available = set(ort.get_available_providers())
-        wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
         try:
-            return ort.InferenceSession(str(self.model_file), opts, providers=wanted)
+            return make_session(self.model_file, threads=threads, providers=providers)
         except Exception as exc:
             raise InputError(f"{self.model_file}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc

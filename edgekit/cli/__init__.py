@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> Any:
 
     debug = os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers/optimum install their own log handlers at import; their verbosity comes from the environment.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
         app.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:

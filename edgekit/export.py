@@ -1,0 +1,232 @@
+"""SourceModel → ONNX for a target, through optimum-onnx, then offline graph optimization and parity checks.
+
+optimum writes the graph (decoder-with-past for generation, so decode is one token per step); onnxruntime
+optimizes it for the target; every graph that ships has passed `parity.check_parity` against PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgekit import __version__, progress
+from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
+from edgekit.errors import EdgekitError, ExportError, ParityError, UnsupportedError
+from edgekit.source import SourceModel
+from edgekit.specs import Target
+from edgekit.util import atomic_dir, peak_rss_mb
+
+log = logging.getLogger(__name__)
+
+OPTIMUM_TASKS = {
+    "text-generation": "text-generation-with-past",
+    "text-classification": "text-classification",
+    "feature-extraction": "feature-extraction",
+}
+# Above this, weights go to external data (protobuf's hard limit is 2 GB).
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def export(source: SourceModel, target: Target, out: Path | str, *, opset: int | None = None,
+           parity: bool = True) -> OnnxArtifact:
+    """Export `source` to an ONNX folder at `out` (written atomically) and return it."""
+    out = Path(out)
+    if source.format == "onnx":
+        return _adopt_onnx(source, target, out)
+    if source.task not in OPTIMUM_TASKS:
+        raise UnsupportedError(f"task '{source.task}' cannot be exported (supported: {', '.join(OPTIMUM_TASKS)})")
+    record: dict[str, Any] = {
+        "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
+        "source": source.fingerprint, "timings_s": {}, "versions": _versions(),
+    }
+    with atomic_dir(out) as tmp:
+        raw = tmp / "raw"
+        t0 = time.perf_counter()
+        with progress.stage("export: onnx graph"):
+            _optimum_export(source, raw, opset or target.export.opset)
+        record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
+        model, tokenizer = (source.load_model(), source.load_tokenizer()) if parity else (None, None)
+        chosen = raw / MODEL_FILE
+        if parity:
+            with progress.stage("export: parity (raw graph)"):
+                record["parity_raw"] = _parity(source, chosen, model, tokenizer, "export").to_dict()
+        t1 = time.perf_counter()
+        with progress.stage(f"export: optimize ({target.optimize.graph_level})"):
+            optimized, record["optimization"] = _optimize(source, raw, tmp / "opt", target)
+        record["timings_s"]["optimize"] = round(time.perf_counter() - t1, 2)
+        if optimized is not None and parity:
+            try:
+                with progress.stage("export: parity (optimized graph)"):
+                    record["parity"] = _parity(source, optimized, model, tokenizer, "optimized graph").to_dict()
+                chosen = optimized
+            except ParityError as exc:
+                log.warning("optimized graph failed parity, shipping the unoptimized one: %s", exc.message)
+                record["optimization"]["fallback"] = exc.message
+                record["parity"] = record["parity_raw"]
+        elif optimized is not None:
+            chosen = optimized
+        record["optimization"]["shipped"] = "optimized" if chosen == optimized else "raw"
+        _finalize(chosen, raw, tmp, record)
+        record["timings_s"]["total"] = round(time.perf_counter() - t0, 2)
+        record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        (tmp / "export.json").write_text(json.dumps(record, indent=2))
+    return OnnxArtifact.load(out)
+
+
+def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> Any:
+    from edgekit.parity import check_parity
+
+    return check_parity(source, model_file, model=model, tokenizer=tokenizer, stage=stage)
+
+
+def _optimum_export(source: SourceModel, raw: Path, opset: int) -> None:
+    import warnings
+
+    from optimum.exporters.onnx import main_export
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            main_export(
+                str(source.path), str(raw), task=OPTIMUM_TASKS[source.task], opset=opset, do_validation=False,
+                trust_remote_code=source.trust_remote_code, local_files_only=True, library_name="transformers",
+            )
+    except EdgekitError:
+        raise
+    except (KeyError, ValueError, NotImplementedError) as exc:
+        text = " ".join(str(exc).split())[:300]
+        if "not supported" in text or "is not supported" in text:
+            raise UnsupportedError(f"optimum-onnx cannot export {source.model_type} for {source.task}: {text}") from exc
+        raise ExportError(f"export of {source.spec} failed: {text}") from exc
+    except Exception as exc:
+        raise ExportError(f"export of {source.spec} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+    if not (raw / MODEL_FILE).is_file():
+        found = sorted(p.name for p in raw.glob("*.onnx"))
+        raise ExportError(f"optimum wrote {found or 'no ONNX files'}, expected a single {MODEL_FILE}")
+
+
+def _op_counts(model_file: Path) -> Counter[str]:
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    return Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in graph.node)
+
+
+def _optimize(source: SourceModel, raw: Path, opt_dir: Path, target: Target) -> tuple[Path | None, dict[str, Any]]:
+    """Offline onnxruntime optimization; transformer fusions for BERT-style encoders."""
+    level = target.optimize.graph_level
+    info: dict[str, Any] = {"graph_level": level}
+    if level == "disable":
+        return None, info
+    opt_dir.mkdir()
+    out_file = opt_dir / MODEL_FILE
+    before = _op_counts(raw / MODEL_FILE)
+    try:
+        if source.model_type == "bert":
+            _bert_fusions(source, raw / MODEL_FILE, out_file, info)
+        else:
+            _ort_offline(raw / MODEL_FILE, out_file, level)
+    except Exception as exc:  # an optimizer failure must not fail the export: ship the raw graph instead
+        log.warning("graph optimization failed (%s); shipping the unoptimized graph", exc)
+        info["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return None, info
+    after = _op_counts(out_file)
+    info["nodes_before"], info["nodes_after"] = sum(before.values()), sum(after.values())
+    info["fused_ops"] = {op: n for op, n in sorted(after.items()) if op not in before}
+    return out_file, info
+
+
+def _ort_offline(src: Path, dst: Path, level: str) -> None:
+    import onnxruntime as ort
+
+    # "all" adds layout transforms specific to the build host's ISA; offline we stop at "extended" so the
+    # graph stays portable, and the device's session applies the rest at load time.
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    opts.optimized_model_filepath = str(dst)
+    if src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob("*.data")) > EXTERNAL_DATA_BYTES:
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", MODEL_FILE + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+
+
+def _bert_fusions(source: SourceModel, src: Path, dst: Path, info: dict[str, Any]) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = source.config
+    model = optimize_model(
+        str(src), model_type="bert", num_heads=int(cfg.get("num_attention_heads", 0)),
+        hidden_size=int(cfg.get("hidden_size", 0)), opt_level=1, use_gpu=False,
+    )
+    info["transformer_fusions"] = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+    model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _finalize(chosen: Path, raw: Path, tmp: Path, record: dict[str, Any]) -> None:
+    """Move the shipped graph (+ data) and side files to the top of the output folder."""
+    import onnx
+
+    proto = onnx.load(str(chosen))
+    total = sum(len(t.raw_data) for t in proto.graph.initializer)
+    external = total > EXTERNAL_DATA_BYTES
+    onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=MODEL_FILE + ".data", size_threshold=1024)
+    record["external_data"] = external
+    for name in SIDE_FILES:
+        if (raw / name).is_file():
+            shutil.copy2(raw / name, tmp / name)
+    record["io"] = _io_signature(tmp / MODEL_FILE)
+    record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
+    record["size_mb"] = round(sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*")) / 1e6, 3)
+    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(tmp / "opt", ignore_errors=True)
+
+
+def _io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": shape})
+        return out
+
+    inits = {i.name for i in graph.initializer}
+    return {"inputs": describe(v for v in graph.input if v.name not in inits), "outputs": describe(graph.output)}
+
+
+def _adopt_onnx(source: SourceModel, target: Target, out: Path) -> OnnxArtifact:
+    """An ONNX source is already exported: copy it as is and say so in export.json."""
+    with atomic_dir(out) as tmp:
+        for path in source.path.iterdir():
+            if path.is_file() and path.name not in ("export.json", "compress.json"):
+                shutil.copy2(path, tmp / path.name)
+        record: dict[str, Any] = {
+            "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
+            "source": source.fingerprint, "adopted": True, "io": _io_signature(tmp / MODEL_FILE), "versions": _versions(),
+        }
+        record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
+        (tmp / "export.json").write_text(json.dumps(record, indent=2))
+    return OnnxArtifact.load(out)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"edgekit": __version__}
+    for pkg in ("onnxruntime", "onnx", "transformers", "optimum", "optimum-onnx", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,240 @@
+"""Torch-free inference over an edgekit model folder or bundle: onnxruntime, numpy and tokenizers only.
+
+This is what a device runs (`edgekit run`), and what bench and parity drive, so the generation loop that is
+measured is the one that ships. Input/output names and shapes are read from the session (optimum's
+decoder-with-past layout), never hard-coded per architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    available = set(ort.get_available_providers())
+    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(model_file), opts, providers=wanted)
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    ttft_s: float
+    step_s: list[float] = field(default_factory=list)
+
+
+class Decoder:
+    """A causal LM session with KV cache: prefill once, then one token per step."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.input_names = set(inputs)
+        self.past: list[tuple[str, list[Any], Any]] = []
+        for name, info in inputs.items():
+            if _PAST.fullmatch(name):
+                self.past.append((name, list(info.shape), _DTYPES.get(info.type, np.float32)))
+        self.past.sort(key=lambda p: (int(_PAST.fullmatch(p[0]).group(1)), p[0]))  # type: ignore[union-attr]
+        outs = [o.name for o in session.get_outputs()]
+        self.output_names = outs
+        self.present = {n.replace("present", "past_key_values", 1): n for n in outs if n.startswith("present")}
+
+    @property
+    def with_past(self) -> bool:
+        return bool(self.past)
+
+    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, shape, dtype in self.past:
+            dims = [batch if i == 0 else (0 if not isinstance(d, int) else d) for i, d in enumerate(shape)]
+            feeds[name] = np.zeros(dims, dtype=dtype)
+        return feeds
+
+    def forward(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [batch, seq, vocab] for `ids` after `past_len` cached tokens, and the new cache."""
+        batch, seq = ids.shape
+        feeds: dict[str, np.ndarray] = {"input_ids": ids.astype(np.int64)}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = np.ones((batch, past_len + seq), dtype=np.int64)
+        if "position_ids" in self.input_names:
+            feeds["position_ids"] = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy()
+        if self.past:
+            feeds.update(past if past is not None else self._empty_past(batch))
+        outputs = self.session.run(None, feeds)
+        by_name = dict(zip(self.output_names, outputs, strict=True))
+        cache = {p: by_name[o] for p, o in self.present.items()}
+        return by_name["logits"], cache
+
+    def logits(self, ids: list[int] | np.ndarray) -> np.ndarray:
+        """Full-sequence logits [seq, vocab] of one sequence, no cache (fidelity windows)."""
+        arr = np.asarray(ids, dtype=np.int64)[None, :]
+        logits, _ = self.forward(arr, None, 0)
+        return logits[0].astype(np.float32)
+
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        *,
+        eos: set[int] | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int = 0,
+        on_token: Callable[[int], None] | None = None,
+    ) -> GenerationResult:
+        rng = np.random.default_rng(seed)
+        eos = eos or set()
+        t0 = time.perf_counter()
+        logits, cache = self.forward(np.asarray([prompt], dtype=np.int64), None, 0)
+        past_len = len(prompt)
+        tokens: list[int] = []
+        result = GenerationResult(tokens, 0.0)
+        for step in range(max_new_tokens):
+            tok = _pick(logits[0, -1], temperature, top_k, rng)
+            if step == 0:
+                result.ttft_s = time.perf_counter() - t0
+            tokens.append(tok)
+            if on_token is not None:
+                on_token(tok)
+            if tok in eos or step == max_new_tokens - 1:
+                break
+            ts = time.perf_counter()
+            if self.with_past:
+                logits, cache = self.forward(np.asarray([[tok]], dtype=np.int64), cache, past_len)
+            else:  # a graph without cache re-reads the whole sequence
+                logits, _ = self.forward(np.asarray([prompt + tokens], dtype=np.int64), None, 0)
+            past_len += 1
+            result.step_s.append(time.perf_counter() - ts)
+        return result
+
+
+def _pick(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    if top_k > 0:
+        cutoff = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled < cutoff, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    return int(rng.choice(len(probs), p=probs))
+
+
+class Encoder:
+    """Feature extraction (mean-pooled, L2-normalised, like sentence-transformers) or classification."""
+
+    def __init__(self, session: Any, task: str) -> None:
+        self.session = session
+        self.task = task
+        self.input_names = {i.name for i in session.get_inputs()}
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        out = self.session.run(None, feeds)[0].astype(np.float32)
+        if self.task == "text-classification":
+            return out
+        return pool(out, mask)
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Attention-masked mean pooling then L2 normalisation ([batch, dim])."""
+    if hidden.ndim == 2:  # already pooled (sentence_embedding output)
+        pooled = hidden
+    else:
+        m = mask[..., None].astype(np.float32)
+        pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+class Model:
+    """A model folder (export, compress or bundle) with its tokenizer: the object `edgekit run` drives."""
+
+    def __init__(self, folder: Path | str, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> None:
+        self.folder = Path(folder)
+        record = _json(self.folder / "edgekit.json") or _json(self.folder / "compress.json") or _json(self.folder / "export.json")
+        self.config = _json(self.folder / "config.json")
+        self.generation_config = _json(self.folder / "generation_config.json")
+        self.task = str(record.get("task") or _task_from_config(self.config))
+        self.session = make_session(self.folder / "model.onnx", threads=threads, providers=providers)
+        self.tokenizer = load_tokenizer(self.folder)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        eos = self.generation_config.get("eos_token_id", self.config.get("eos_token_id"))
+        if eos is None:
+            return set()
+        return set(eos) if isinstance(eos, list) else {int(eos)}
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text).ids)
+
+    def stream(self, prompt: str, max_new_tokens: int = 32, **kwargs: Any) -> Iterator[str]:
+        """Yield decoded text pieces as tokens are generated (greedy unless temperature > 0)."""
+        decoder = Decoder(self.session)
+        ids = self.encode(prompt)
+        produced: list[int] = []
+        pieces: list[str] = []
+        shown = ""
+
+        def on_token(tok: int) -> None:
+            nonlocal shown
+            produced.append(tok)
+            text = self.tokenizer.decode(produced, skip_special_tokens=True)
+            pieces.append(text[len(shown):])
+            shown = text
+
+        decoder.generate(ids, max_new_tokens, eos=self.eos_ids, on_token=on_token, **kwargs)
+        yield from pieces
+
+    def embed_or_classify(self, texts: list[str], max_length: int = 256) -> np.ndarray:
+        encs = [self.tokenizer.encode(t).ids[:max_length] for t in texts]
+        width = max(len(e) for e in encs)
+        pad = int(self.config.get("pad_token_id") or 0)
+        ids = np.full((len(encs), width), pad, dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        for i, e in enumerate(encs):
+            ids[i, : len(e)] = e
+            mask[i, : len(e)] = 1
+        return Encoder(self.session, self.task).run(ids, mask)
+
+    def labels(self, logits: np.ndarray) -> list[str]:
+        id2label = self.config.get("id2label") or {}
+        return [str(id2label.get(str(int(i)), int(i))) for i in logits.argmax(-1)]
+
+
+def _task_from_config(config: dict[str, Any]) -> str:
+    arch = (config.get("architectures") or [""])[0]
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return "text-generation"
+    if arch.endswith("ForSequenceClassification"):
+        return "text-classification"
+    return "feature-extraction"
