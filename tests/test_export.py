@@ -49,7 +49,7 @@ def test_kv_cache_decode_matches_full_forward(name: str, exported) -> None:  # t
     dec = Decoder(make_session(exported(name) / "model.onnx"))
     ids = np.array([[5, 17, 42, 99, 7, 3]], dtype=np.int64)
     full, _ = dec.forward(ids, None, 0)
-    logits, cache = dec.forward(ids[:, :4], None, 0)
+    _, cache = dec.forward(ids[:, :4], None, 0)
     step1, cache = dec.forward(ids[:, 4:5], cache, 4)
     step2, _ = dec.forward(ids[:, 5:6], cache, 5)
     np.testing.assert_allclose(step1[0, -1], full[0, 4], atol=1e-4)
