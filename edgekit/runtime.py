@@ -228,7 +228,8 @@ class Model:
 
     def labels(self, logits: np.ndarray) -> list[str]:
         id2label = self.config.get("id2label") or {}
-        return [str(id2label.get(str(int(i)), int(i))) for i in logits.argmax(-1)]
+        # transformers omits the default id2label when saving; its default names are LABEL_<i>.
+        return [str(id2label.get(str(int(i)), f"LABEL_{int(i)}")) for i in logits.argmax(-1)]
 
 
 def _task_from_config(config: dict[str, Any]) -> str:

@@ -1,0 +1,81 @@
+"""`edgekit verify BUNDLE` and `edgekit run BUNDLE [PROMPT]` — onnxruntime, numpy and tokenizers only."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from edgekit.cli.options import common_options, echo, emit_json
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@common_options
+def verify(bundle: Path, as_json: bool) -> None:
+    """Recompute every hash, check the manifest and run one inference; exit 1 names what is wrong."""
+    from edgekit.bundle import verify_bundle
+
+    result = verify_bundle(bundle)
+    if as_json:
+        emit_json(result)
+    else:
+        echo(f"{bundle}: OK — {result['files']} files match the manifest, {result['inference']['task']} inference ran")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("prompt", required=False)
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 10), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Default: the bundle's runtime threads.")
+@common_options
+def run(bundle: Path, prompt: str | None, max_new_tokens: int, temperature: float, top_k: int, seed: int,
+        threads: int | None, as_json: bool) -> None:
+    """Run a bundle: stream generated text, or print labels / embedding vectors."""
+    import json
+
+    from edgekit.bundle import read_manifest, safe_extract
+    from edgekit.errors import InputError
+    from edgekit.runtime import Model
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-run-") as scratch:
+        folder = safe_extract(bundle, Path(scratch)) if bundle.is_file() else bundle
+        if not folder.is_dir():
+            raise InputError(f"no such bundle: {bundle}")
+        manifest = read_manifest(folder)
+        runtime = manifest.get("runtime") or {}
+        model = Model(folder, threads=threads or int(runtime.get("threads", 1)), providers=runtime.get("providers"))
+        text = prompt if prompt is not None else ("" if sys.stdin.isatty() else sys.stdin.read())
+        if not text:
+            raise InputError("give a PROMPT argument or text on stdin")
+        if model.task == "text-generation":
+            pieces = []
+            for piece in model.stream(text, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed):
+                pieces.append(piece)
+                if not as_json:
+                    click.echo(piece, nl=False)
+                    sys.stdout.flush()
+            if as_json:
+                emit_json({"prompt": text, "completion": "".join(pieces)})
+            else:
+                click.echo()
+            return
+        lines = [ln for ln in text.splitlines() if ln.strip()] or [text]
+        out = model.embed_or_classify(lines)
+        if model.task == "text-classification":
+            labels = model.labels(out)
+            if as_json:
+                emit_json([{"text": t, "label": lab, "logits": o.tolist()} for t, lab, o in zip(lines, labels, out, strict=True)])
+            else:
+                for t, lab in zip(lines, labels, strict=True):
+                    echo(f"{lab}\t{t}")
+        elif as_json:
+            emit_json([{"text": t, "embedding": o.tolist()} for t, o in zip(lines, out, strict=True)])
+        else:
+            for t, o in zip(lines, out, strict=True):
+                echo(f"{json.dumps([round(float(x), 5) for x in o])}\t{t}")

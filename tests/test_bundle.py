@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekit.bundle import MANIFEST, BundleWriter, State, verify_bundle, write_archive
+from edgekit.catalog import load_target
+from edgekit.errors import BundleError, VerifyFailed
+from edgekit.export import export
+from edgekit.source import load_source
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    return export(load_source(str(tiny_model("llama"))), load_target("x86-avx2"), tmp_path_factory.mktemp("b") / "m").path
+
+
+def make_bundle(model_dir: Path, out: Path, archive: bool = False) -> Path:
+    with BundleWriter(out) as w:
+        for p in sorted(model_dir.iterdir()):
+            w.add_file(p)
+        w.add_json("report.json", {"schema": "edgekit/report@1"})
+        task = json.loads((model_dir / "export.json").read_text())["task"]
+        w.write_manifest({"task": task, "method": "fp32", "runtime": {"threads": 1}})
+        return w.commit(archive=archive)
+
+
+def test_round_trip_and_states(model_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(model_dir, tmp_path / "bundle", archive=True)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["schema"] == "edgekit/bundle@1" and "model.onnx" in manifest["files"]
+    assert verify_bundle(out)["ok"]
+    assert verify_bundle(tmp_path / "bundle.tar.gz")["ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.tar.gz"]
+    w = BundleWriter(tmp_path / "other")
+    assert w.state is State.EMPTY
+    with w, pytest.raises(BundleError):
+        w.commit()  # no manifest yet
+    assert not (tmp_path / "other").exists()
+
+
+def test_abandoned_writer_leaves_nothing_and_keeps_previous(model_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(model_dir, tmp_path / "bundle")
+    before = (out / MANIFEST).read_text()
+    with pytest.raises(RuntimeError), BundleWriter(out) as w:
+        w.add_file(model_dir / "model.onnx")
+        raise RuntimeError("disk full, say")
+    assert (out / MANIFEST).read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "missing", "extra", "lying-manifest", "truncate"])
+def test_verify_names_the_damaged_file(damage: str, model_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(model_dir, tmp_path / "bundle")
+    target = out / "model.onnx"
+    if damage == "flip":
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        target.write_bytes(bytes(raw))
+    elif damage == "missing":
+        (out / "tokenizer.json").unlink()
+    elif damage == "extra":
+        (out / "payload.onnx").write_bytes(b"x")
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-10])
+    else:
+        manifest = json.loads((out / MANIFEST).read_text())
+        manifest["files"]["config.json"]["sha256"] = "0" * 64
+        (out / MANIFEST).write_text(json.dumps(manifest))
+    name = {"flip": "model.onnx", "missing": "tokenizer.json", "extra": "payload.onnx", "truncate": "model.onnx",
+            "lying-manifest": "config.json"}[damage]
+    with pytest.raises(VerifyFailed, match=name):
+        verify_bundle(out)
+    res = run_cli("verify", str(out))
+    assert res.returncode == 1 and name in res.stderr and "Traceback" not in res.stderr
+
+
+def _evil_tar(path: Path, kind: str) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo({"dotdot": "b/../../evil.txt", "absolute": "/tmp/edgekit-evil.txt"}.get(kind, "b/link"))
+        if kind == "symlink":
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+        else:
+            data = b"pwned"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_hostile_archives_rejected(kind: str, tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar.gz"
+    _evil_tar(archive, kind)
+    with pytest.raises(VerifyFailed):
+        verify_bundle(archive)
+    assert not (tmp_path.parent / "evil.txt").exists() and not Path("/tmp/edgekit-evil.txt").exists()
+    res = run_cli("verify", str(archive))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_archive_of_a_good_bundle_verifies_via_cli(model_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(model_dir, tmp_path / "bundle")
+    archive = write_archive(out, tmp_path / "copy.tar.gz")
+    res = run_cli("verify", str(archive), "--json")
+    assert res.returncode == 0, res.stderr and json.loads(res.stdout)["ok"]
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from edgekit.bundle import BundleWriter
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+with BundleWriter(out) as w:
+    for p in sorted(src.iterdir()):
+        w.add_file(p)
+    print("writing", flush=True)
+    time.sleep(60)
+    w.write_manifest({})
+    w.commit()
+"""
+
+
+def test_sigkill_mid_write_leaves_no_bundle(model_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(model_dir, tmp_path / "bundle")
+    before = (out / MANIFEST).read_text()
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(model_dir), str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.1)
+    assert (out / MANIFEST).read_text() == before  # the previous bundle is untouched
+    # What SIGKILL leaves is a hidden temp folder without a manifest: never mistaken for a bundle.
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "bundle"]
+    assert all(p.name.startswith(".bundle.tmp-") and not (p / MANIFEST).exists() for p in leftovers)
+    with pytest.raises(VerifyFailed, match=r"no edgekit\.json"):
+        verify_bundle(leftovers[0])
