@@ -1,0 +1,150 @@
+"""bench(variant, source, profile) → the report dict (schema edgekit/report@1, docs/internals.md "Report")."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgekit import __version__, progress
+from edgekit.artifact import OnnxArtifact
+from edgekit.bench.latency import run_isolated, single
+from edgekit.errors import BenchError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgekit/report@1"
+DEFAULT_MAX_TIME_S = 30.0
+# Latencies and sizes: smaller is better, so speedup = source / variant; rates: variant / source.
+SMALLER_IS_BETTER = ("ttft_ms", "per_token_ms", "latency_ms", "load_ms", "peak_rss_mb", "model_size_mb")
+
+
+def _providers(variant: OnnxArtifact, profile: Any, available: list[str], warnings: list[str]) -> list[str]:
+    from edgekit.catalog import load_target
+
+    target = load_target(str(variant.meta.get("target") or profile.target))
+    wanted = list(target.execution_providers)
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        warnings.append(f"{', '.join(missing)} not available on this host; measured with CPUExecutionProvider")
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+def _token_pool(source: Any, eval_data: Path | None, n: int) -> list[int]:
+    from edgekit.bench.fidelity import eval_token_ids
+
+    ids = eval_token_ids(source.load_tokenizer(), eval_data, n)
+    if not ids:
+        raise BenchError("the eval text tokenized to nothing; give --eval-data with real text")
+    return (ids * (n // len(ids) + 1))[:n]  # repeat a short text rather than fail
+
+
+def _workload_spec(source: Any, profile: Any, eval_data: Path | None, warnings: list[str]) -> dict[str, Any]:
+    wl = profile.workload
+    cfg = source.config
+    max_pos = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1 << 20)
+    if source.task == "text-generation":
+        prompt_len = min(wl.prompt_tokens, max(1, max_pos - wl.new_tokens))
+        if prompt_len < wl.prompt_tokens:
+            warnings.append(f"prompt shortened to {prompt_len} tokens to fit the model's {max_pos} positions")
+        return {"prompt": _token_pool(source, eval_data, prompt_len), "new_tokens": wl.new_tokens}
+    seq = min(wl.prompt_tokens, max_pos)
+    pool = _token_pool(source, eval_data, seq * wl.batch_size)
+    return {"batch_ids": [pool[i * seq:(i + 1) * seq] for i in range(wl.batch_size)]}
+
+
+def _speedup(variant: dict[str, Any], source: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for name, v in variant.items():
+        s = source.get(name)
+        if not s or not v.get("value") or not s.get("value"):
+            continue
+        ratio = s["value"] / v["value"] if name in SMALLER_IS_BETTER else v["value"] / s["value"]
+        out[name] = round(ratio, 3)
+    return out
+
+
+def _measure(engine: str, spec: dict[str, Any], max_time_s: float) -> dict[str, Any]:
+    with progress.stage(f"bench: {engine} latency") as st:
+        st.set_info(f"up to {max_time_s:.0f} s")
+        return run_isolated({**spec, "engine": engine}, timeout_s=max_time_s * 4 + 600)
+
+
+def _source_block(source: Any) -> tuple[dict[str, Any], float, float]:
+    fp = source.fingerprint
+    size_mb = sum(p.stat().st_size for p in source.weight_files) / 1e6
+    params = fp.get("parameters") or size_mb * 1e6 / 4  # fp32 weights: 4 bytes each
+    block = {"spec": source.spec, "path": str(source.path), "sha256": fp["sha256"], "architecture": source.architecture,
+             "model_type": source.model_type, "task": source.task, "parameters": int(params), "size_mb": round(size_mb, 3)}
+    return block, size_mb, float(params)
+
+
+def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path | None = None, on_device: bool = False,
+          eval_tokens: int = 512, max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
+    """Measure `variant` (ONNX) against `source` (PyTorch fp32) for `profile`; return the report dict."""
+    from edgekit.bench.fidelity import measure_fidelity
+    from edgekit.bench.hostinfo import host_info
+
+    if source.format != "hf":
+        raise UnsupportedError(f"{source.spec}: bench compares against a PyTorch source; give the HF model, not ONNX")
+    if variant.task != source.task:
+        raise BenchError(f"variant task {variant.task} differs from source task {source.task}: wrong --source?")
+    if eval_tokens < 2:
+        raise BenchError(f"--eval-tokens must be at least 2, got {eval_tokens}")
+    warnings: list[str] = []
+    host = host_info()
+    providers = _providers(variant, profile, host["providers"], warnings)
+    src_block, src_size, params = _source_block(source)
+    threads = profile.workload.threads
+    with progress.stage("bench: fidelity setup"):
+        session = variant.session(threads=1, providers=providers)
+    fidelity = measure_fidelity(session, source, eval_data, eval_tokens)
+    del session
+    spec = {"task": source.task, "threads": threads, "max_time_s": max_time_s,
+            **_workload_spec(source, profile, eval_data, warnings)}
+    var = _measure("onnx", {**spec, "model_file": str(variant.model_file), "providers": providers}, max_time_s)
+    src = _measure("torch", {**spec, "source": str(source.path)}, max_time_s)
+    if var.get("torch_imported"):
+        warnings.append("torch was loaded in the ONNX measurement process; its peak RSS includes torch")
+    var["metrics"]["model_size_mb"] = single(variant.size_mb, "MB")
+    src["metrics"]["model_size_mb"] = single(src_size, "MB")
+    performance: dict[str, Any] = {
+        "variant": var["metrics"], "source": src["metrics"], "speedup": _speedup(var["metrics"], src["metrics"]),
+        "device": None, "roofline": None, "on_device": on_device,
+        "runs": {k: {"runs": r["runs"], "stopped": r["stopped"], "threads": threads} for k, r in (("variant", var), ("source", src))},
+    }
+    if not (profile.device.host or on_device):
+        performance["device"], performance["roofline"] = _estimate(variant, source, profile, host, var["metrics"], params, threads)
+    return {
+        "schema": SCHEMA,
+        "edgekit_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": host,
+        "source": src_block,
+        "variant": _variant_block(variant, var["provider"], providers, host),
+        "profile": {"name": profile.name, "target": profile.target, "device": profile.device.model_dump(),
+                    "workload": profile.workload.model_dump()},
+        "performance": performance,
+        "fidelity": fidelity,
+        "eval": {"tokens": eval_tokens, "data": str(eval_data) if eval_data else "builtin:eval"},
+        "gate": None,
+        "warnings": warnings,
+    }
+
+
+def _variant_block(variant: OnnxArtifact, provider: str, requested: list[str], host: dict[str, Any]) -> dict[str, Any]:
+    return {"path": str(variant.path), "method": variant.method, "target": variant.meta.get("target"),
+            "task": variant.task, "files": [{"name": p.name, "bytes": p.stat().st_size} for p in variant.model_files],
+            "size_mb": round(variant.size_mb, 3), "provider": provider, "providers_requested": requested}
+
+
+def _estimate(variant: OnnxArtifact, source: Any, profile: Any, host: dict[str, Any], measured: dict[str, Any],
+              params: float, threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    from edgekit.bench import roofline
+
+    with progress.stage("bench: device estimate"):
+        hw = roofline.host_roofline(str(host["cpu_model"]), threads)
+        weight_bytes = variant.size_mb * 1e6
+        args = (source.task, variant.method, weight_bytes, params, source.config, profile)
+        return roofline.estimate_device(measured, *args, hw), roofline.basis(*args, hw, measured)

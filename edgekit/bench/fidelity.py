@@ -1,0 +1,239 @@
+"""Fidelity of a variant vs its source on the same tokens: PPL, KLD, top-1 (causal LM), agreement/accuracy
+(classification), cosine (embeddings), each with a 95 % bootstrap confidence interval over positions/items.
+
+The maths lives in pure numpy functions (`causal_stats`, `summarize_causal`, ...) so tests can check them
+against a hand computation; `measure_fidelity` feeds them real ONNX and PyTorch outputs. The KLD is
+KL(source ‖ variant), the direction llama.cpp's `--kl-divergence` reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import progress
+from edgekit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_SAMPLES = 1000
+SEED = 0  # fixed: the same tokens give the same CIs to the last digit
+WINDOW = 256
+ENCODER_MAX_TOKENS = 128
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class CausalStats:
+    """Per-position statistics (one entry per predicted token)."""
+
+    kld: np.ndarray
+    nll_source: np.ndarray
+    nll_variant: np.ndarray
+    top1: np.ndarray  # bool
+
+    @classmethod
+    def concat(cls, parts: list[CausalStats]) -> CausalStats:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("kld", "nll_source", "nll_variant", "top1")))
+
+
+def causal_stats(source_logits: np.ndarray, variant_logits: np.ndarray, next_ids: np.ndarray) -> CausalStats:
+    """Stats for positions predicting `next_ids` ([n, vocab] logits each, n next tokens)."""
+    lp = log_softmax(source_logits)
+    lq = log_softmax(variant_logits)
+    kld = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    rows = np.arange(len(next_ids))
+    return CausalStats(
+        kld=np.maximum(kld, 0.0),  # rounding can give -1e-17 for identical rows
+        nll_source=-lp[rows, next_ids],
+        nll_variant=-lq[rows, next_ids],
+        top1=source_logits.argmax(-1) == variant_logits.argmax(-1),
+    )
+
+
+def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], value: float, *, samples: int = BOOTSTRAP_SAMPLES,
+                 seed: int = SEED) -> tuple[float, float]:
+    """Percentile bootstrap over `n` items; `stat` takes an index array. Widened to include the point
+    estimate (percentile intervals of max-like statistics can otherwise end just below it)."""
+    rng = np.random.default_rng(seed)
+    draws = np.array([stat(rng.integers(0, n, n)) for _ in range(samples)])
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    return float(min(low, value)), float(max(high, value))
+
+
+def metric(stat: Callable[[np.ndarray], float], n: int) -> dict[str, Any]:
+    value = float(stat(np.arange(n)))
+    low, high = bootstrap_ci(n, stat, value)
+    return {"value": round(value, 6), "ci95_low": round(low, 6), "ci95_high": round(high, 6), "n": n}
+
+
+def summarize_causal(st: CausalStats) -> dict[str, dict[str, Any]]:
+    n = len(st.kld)
+    if n == 0:
+        raise InputError("no tokens to evaluate fidelity on; give --eval-data with more text")
+    return {
+        "top1_agreement": metric(lambda i: float(st.top1[i].mean()), n),
+        "kld_mean": metric(lambda i: float(st.kld[i].mean()), n),
+        "kld_p99": metric(lambda i: float(np.percentile(st.kld[i], 99)), n),
+        "kld_max": metric(lambda i: float(st.kld[i].max()), n),
+        "ppl_source": metric(lambda i: float(np.exp(st.nll_source[i].mean())), n),
+        "ppl_variant": metric(lambda i: float(np.exp(st.nll_variant[i].mean())), n),
+        # One resample for both models, so the ratio's CI reflects their paired difference.
+        "ppl_ratio": metric(lambda i: float(np.exp(st.nll_variant[i].mean() - st.nll_source[i].mean())), n),
+    }
+
+
+def summarize_embeddings(source: np.ndarray, variant: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Cosine of normalized embeddings per item ([n, dim] each)."""
+    cos = (_unit(source) * _unit(variant)).sum(-1)
+    n = len(cos)
+    return {
+        "cosine_mean": metric(lambda i: float(cos[i].mean()), n),
+        "cosine_p5": metric(lambda i: float(np.percentile(cos[i], 5)), n),
+    }
+
+
+def summarize_classification(source: np.ndarray, variant: np.ndarray, labels: np.ndarray | None) -> dict[str, dict[str, Any]]:
+    """Agreement of argmax predictions; accuracy of each and their ratio when labels are given."""
+    ps, pv = source.argmax(-1), variant.argmax(-1)
+    n = len(ps)
+    out = {"agreement": metric(lambda i: float((ps[i] == pv[i]).mean()), n)}
+    if labels is not None:
+        out["accuracy"] = metric(lambda i: float((pv[i] == labels[i]).mean()), n)
+        out["accuracy_source"] = metric(lambda i: float((ps[i] == labels[i]).mean()), n)
+        out["accuracy_ratio"] = metric(lambda i: _ratio(float((pv[i] == labels[i]).mean()), float((ps[i] == labels[i]).mean())), n)
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    # Undefined when the source gets nothing right: NaN, which the bootstrap skips (nanpercentile).
+    return a / b if b > 0 else (1.0 if a == 0 else float("nan"))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+
+# ---------------------------------------------------------------- real models
+
+
+def eval_token_ids(tokenizer: Any, eval_data: Path | None, eval_tokens: int) -> list[int]:
+    """The first `eval_tokens` tokens of the held-out text (lines joined by blank lines)."""
+    from edgekit.data import load_texts
+
+    ids: list[int] = []
+    for line in load_texts(eval_data):
+        ids += tokenizer(("\n\n" if ids else "") + line, add_special_tokens=False)["input_ids"]
+        if len(ids) >= eval_tokens:
+            break
+    return ids[:eval_tokens]
+
+
+def windows(ids: list[int], size: int) -> list[list[int]]:
+    """Independent windows of at most `size` tokens (each needs 2 tokens to predict anything)."""
+    return [ids[i:i + size] for i in range(0, len(ids), size) if len(ids[i:i + size]) >= 2]
+
+
+def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
+                    eval_tokens: int) -> dict[str, dict[str, Any]]:
+    import torch
+
+    from edgekit.runtime import Decoder
+
+    ids = eval_token_ids(tokenizer, eval_data, eval_tokens)
+    max_pos = int(config.get("max_position_embeddings") or config.get("n_positions") or WINDOW)
+    size = min(WINDOW, max_pos, max(2, eval_tokens))
+    decoder = Decoder(variant_session)
+    parts = []
+    wins = windows(ids, size)
+    with progress.stage("bench: fidelity", total=len(wins)) as st, torch.inference_mode():
+        for win in wins:
+            ref = model(torch.tensor([win], dtype=torch.long)).logits[0].float().numpy()
+            got = decoder.logits(win)
+            parts.append(causal_stats(ref[:-1], got[:-1], np.asarray(win[1:])))
+            st.advance()
+    return summarize_causal(CausalStats.concat(parts))
+
+
+def encoder_texts(eval_data: Path | None, eval_tokens: int, task: str) -> tuple[list[str], list[str]]:
+    """Texts (and labels from a 'label<TAB>text' file for classification) for encoder fidelity."""
+    from edgekit.data import load_texts
+
+    lines = load_texts(eval_data)
+    labels: list[str] = []
+    if task == "text-classification" and eval_data is not None and all("\t" in ln for ln in lines):
+        labels = [ln.split("\t", 1)[0].strip() for ln in lines]
+        lines = [ln.split("\t", 1)[1].strip() for ln in lines]
+    # Sentences, not whole documents: encoders see short inputs; ~eval_tokens/24 items, at least 16.
+    if not labels:
+        lines = [s.strip() for ln in lines for s in ln.split(". ") if len(s.split()) >= 3]
+        lines = lines[: max(16, eval_tokens // 24)]
+    return lines, labels
+
+
+def encoder_fidelity(variant_session: Any, model: Any, tokenizer: Any, task: str, config: dict[str, Any],
+                     eval_data: Path | None, eval_tokens: int) -> dict[str, dict[str, Any]]:
+    import torch
+
+    from edgekit.runtime import Encoder, pool
+
+    texts, label_names = encoder_texts(eval_data, eval_tokens, task)
+    encoder = Encoder(variant_session, task)
+    src, var = [], []
+    with progress.stage("bench: fidelity", total=len(texts)) as st, torch.inference_mode():
+        for text in texts:
+            enc = tokenizer(text, truncation=True, max_length=ENCODER_MAX_TOKENS, return_tensors="np")
+            ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+            out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+            if task == "text-classification":
+                src.append(out.logits[0].float().numpy())
+            else:
+                src.append(pool(out.last_hidden_state.float().numpy(), mask)[0])
+            var.append(encoder.run(ids, mask)[0])
+            st.advance()
+    if task == "text-classification":
+        # The loaded model's config: transformers leaves default LABEL_i names out of config.json.
+        labels = _label_ids(label_names, dict(model.config.id2label)) if label_names else None
+        return summarize_classification(np.stack(src), np.stack(var), labels)
+    return summarize_embeddings(np.stack(src), np.stack(var))
+
+
+def _label_ids(names: list[str], id2label: dict[Any, Any]) -> np.ndarray:
+    by_name = {str(v).lower(): int(k) for k, v in id2label.items()}
+    out = []
+    for name in names:
+        if name.lower() in by_name:
+            out.append(by_name[name.lower()])
+        elif name.lstrip("-").isdigit():
+            out.append(int(name))
+        else:
+            known = ", ".join(sorted(by_name)) or "integers"
+            raise InputError(f"eval data label {name!r} is not one of the model's labels ({known})")
+    return np.asarray(out)
+
+
+def measure_fidelity(variant_session: Any, source: Any, eval_data: Path | None, eval_tokens: int) -> dict[str, Any]:
+    """Run source (PyTorch fp32) and variant (ONNX) on the same tokens; returns fidelity metrics."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic and fast on small hosts
+    try:
+        model = source.load_model()
+        tokenizer = source.load_tokenizer()
+        if source.task == "text-generation":
+            return causal_fidelity(variant_session, model, tokenizer, source.config, eval_data, eval_tokens)
+        return encoder_fidelity(variant_session, model, tokenizer, source.task, source.config, eval_data, eval_tokens)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,143 @@
+"""Device estimates from a roofline, calibrated by how close this host gets to its own roofline.
+
+time(device) = time(host, measured) × roofline_time(device) / roofline_time(host), where
+roofline_time = max(bytes moved / memory bandwidth, FLOPs / peak compute) for the same work. Decode reads
+every weight once per token plus the KV cache so far (memory-bound on CPUs); prefill and encoders do
+~2 × params FLOPs per token (compute-bound). Every figure this module returns is `estimated: true`.
+The host's bandwidth and fp32 matmul peak are measured once per (CPU, threads) and cached as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from edgekit.util import cache_dir
+
+log = logging.getLogger(__name__)
+
+LATENCY_METRICS = ("ttft_ms", "per_token_ms", "latency_ms")
+RATE_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "throughput_items_per_s")
+
+
+def _best(fn: Any, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _bandwidth_gbps(torch: Any) -> float:
+    buf = torch.ones(128 * 1024 * 1024, dtype=torch.float32)  # 512 MiB: far beyond any cache
+    return float(buf.numel() * 4 / _best(buf.sum) / 1e9)
+
+
+def measure_host(threads: int) -> dict[str, Any]:
+    """Memory read bandwidth (512 MiB sum) and fp32 matmul throughput with `threads` torch threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        bw = _bandwidth_gbps(torch)
+        a = torch.randn(1024, 1024)
+        gflops = 2 * 1024**3 / _best(lambda: a @ a) / 1e9
+    finally:
+        torch.set_num_threads(before)
+    return {"memory_bandwidth_gbps": round(bw, 2), "peak_gflops_fp32": round(gflops, 1), "threads": threads,
+            "method": "torch sum of 512 MiB / 1024² fp32 matmul, best of 5"}
+
+
+def host_roofline(cpu_model: str, threads: int) -> dict[str, Any]:
+    """The cached host figures, measured on first use."""
+    path = cache_dir() / "host_roofline.json"
+    key = f"{cpu_model}|threads={threads}"
+    try:
+        cached: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        cached = {}
+    if key not in cached:
+        log.info("measuring host memory bandwidth and peak compute (once, cached in %s)", path)
+        cached[key] = measure_host(threads)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached, indent=2))
+        tmp.replace(path)
+    figures: dict[str, Any] = cached[key]
+    return figures
+
+
+def kv_bytes_per_position(config: dict[str, Any], dtype_bytes: int = 4) -> int:
+    layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
+    heads = int(config.get("num_attention_heads") or config.get("n_head") or 1)
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+    head_dim = int(config.get("head_dim") or (hidden // heads if heads else 0))
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def work(task: str, weight_bytes: float, params: float, config: dict[str, Any], workload: Any) -> dict[str, tuple[float, float]]:
+    """(bytes, FLOPs) of one unit of each measured quantity: a decode step, a prefill, an encoder batch."""
+    if task != "text-generation":
+        tokens = workload.batch_size * workload.prompt_tokens
+        return {"batch": (weight_bytes, 2.0 * params * tokens)}
+    kv = kv_bytes_per_position(config)
+    avg_ctx = workload.prompt_tokens + workload.new_tokens / 2
+    return {
+        "decode": (weight_bytes + kv * avg_ctx, 2.0 * params),
+        "prefill": (weight_bytes + kv * workload.prompt_tokens, 2.0 * params * workload.prompt_tokens),
+    }
+
+
+def roof_time(nbytes: float, flops: float, bandwidth_gbps: float, peak_gflops: float) -> float:
+    return max(nbytes / (bandwidth_gbps * 1e9), flops / (peak_gflops * 1e9))
+
+
+def estimate_device(measured: dict[str, Any], task: str, method: str, weight_bytes: float, params: float,
+                    config: dict[str, Any], profile: Any, host: dict[str, Any]) -> dict[str, Any]:
+    """Scale the host's measured metrics to the profile's device; returns (device metrics, basis)."""
+    dev = profile.device
+    int8_compute = method in ("int8-dynamic", "int8-static") and dev.peak_gops_int8
+    dev_peak = float(dev.peak_gops_int8 if int8_compute else dev.peak_gflops_fp32)
+    units = work(task, weight_bytes, params, config, profile.workload)
+    scale = {}
+    for name, (nbytes, flops) in units.items():
+        host_t = roof_time(nbytes, flops, host["memory_bandwidth_gbps"], host["peak_gflops_fp32"])
+        dev_t = roof_time(nbytes, flops, float(dev.memory_bandwidth_gbps), dev_peak)
+        scale[name] = dev_t / host_t  # > 1: the device is slower
+    which = {"decode_tokens_per_s": "decode", "per_token_ms": "decode", "ttft_ms": "prefill",
+             "prefill_tokens_per_s": "prefill", "latency_ms": "batch", "throughput_items_per_s": "batch"}
+    out: dict[str, Any] = {}
+    for metric, unit_name in which.items():
+        if metric not in measured or unit_name not in scale:
+            continue
+        factor = scale[unit_name] if metric in LATENCY_METRICS else 1 / scale[unit_name]
+        src = measured[metric]
+        entry = {"value": round(src["value"] * factor, 4), "unit": src["unit"], "estimated": True, "basis": "roofline",
+                 "scale": round(factor, 4)}
+        for p in ("p50", "p95", "p99"):
+            if p in src:
+                entry[p] = round(src[p] * factor, 4)
+        out[metric] = entry
+    return out
+
+
+def basis(task: str, method: str, weight_bytes: float, params: float, config: dict[str, Any], profile: Any,
+          host: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """The inputs of the estimate, and how close this host got to its own roofline (its efficiency)."""
+    units = work(task, weight_bytes, params, config, profile.workload)
+    detail: dict[str, Any] = {"host": host, "device": profile.device.model_dump(), "weight_bytes": int(weight_bytes),
+                              "parameters": int(params), "kv_bytes_per_position": kv_bytes_per_position(config)}
+    for name, (nbytes, flops) in units.items():
+        detail[f"{name}_bytes"] = int(nbytes)
+        detail[f"{name}_flops"] = int(flops)
+    if "decode" in units and "per_token_ms" in measured:
+        roof = roof_time(*units["decode"], host["memory_bandwidth_gbps"], host["peak_gflops_fp32"])
+        detail["host_decode_efficiency"] = round(roof / (measured["per_token_ms"]["value"] / 1e3), 3)
+    if "batch" in units and "latency_ms" in measured:
+        roof = roof_time(*units["batch"], host["memory_bandwidth_gbps"], host["peak_gflops_fp32"])
+        detail["host_batch_efficiency"] = round(roof / (measured["latency_ms"]["value"] / 1e3), 3)
+    return detail

@@ -1,0 +1,67 @@
+"""`edgekit bench MODEL --source SOURCE [--profile P] [--eval-data FILE] [-o report.json]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.cli.options import common_options, echo, emit_json, note, table
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--source", "-s", "source_spec", required=True, help="The source model the variant came from.")
+@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help="Profile name or YAML path.")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None,
+              help="Held-out text (one item a line; 'label<TAB>text' for classification accuracy).")
+@click.option("--eval-tokens", type=click.IntRange(min=2), default=512, show_default=True,
+              help="Tokens of eval text for fidelity.")
+@click.option("--max-time", "max_time", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Time limit (s) of each engine's repeated timing runs.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+              help="report.json path; report.md and report.png are written beside it.")
+@click.option("--on-device", is_flag=True, help="This run is on the profile's device: no estimates.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the source to run.")
+@common_options
+def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | None, eval_tokens: int, max_time: float,
+          out: Path | None, on_device: bool, trust_remote_code: bool, as_json: bool) -> None:
+    """Measure MODEL (an edgekit export/compress folder) against SOURCE: speed, memory, fidelity with CIs."""
+    from edgekit.artifact import OnnxArtifact
+    from edgekit.bench import bench as run_bench
+    from edgekit.bench import write_report
+    from edgekit.catalog import load_profile
+    from edgekit.source import load_source
+
+    profile = load_profile(profile_name)
+    variant = OnnxArtifact.load(model)
+    source = load_source(source_spec, task=variant.task, trust_remote_code=trust_remote_code)
+    report = run_bench(variant, source, profile, eval_data=eval_data, on_device=on_device, eval_tokens=eval_tokens,
+                       max_time_s=max_time)
+    written = None
+    if out is not None:
+        folder, stem = (out.parent, out.stem) if out.suffix == ".json" else (out, "report")
+        written = write_report(report, folder, stem=stem)
+    if as_json:
+        emit_json(report)
+        return
+    echo(summary_table(report))
+    for warning in report.get("warnings", []):
+        note(f"warning: {warning}")
+    if written:
+        note(f"wrote {written['json']}, {written['md'].name}, {written['png'].name}")
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    perf, fid = report["performance"], report["fidelity"]
+    device = perf.get("device") or {}
+    rows = []
+    for name, v in perf["variant"].items():
+        s = perf["source"].get(name, {})
+        d = device.get(name)
+        rows.append((f"{name} ({v['unit']})", v["value"], v.get("p95"), s.get("value"), perf["speedup"].get(name),
+                     f"{d['value']:.4g} est." if d else None))
+    text = table(rows, ["performance", "variant", "p95", "source", "speedup", "device"])
+    frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"]) for name, m in fid.items()]
+    return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n"])
