@@ -146,7 +146,8 @@ def _bench(variant: OnnxArtifact, source: Any, profile: Profile, opts: BuildOpti
 
 
 def _write(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], result: Any, profile: Profile,
-           target: Any, method: str, out: Path, opts: BuildOptions, stages: list[dict[str, Any]]) -> Path:
+           target: Any, method: str, out: Path, opts: BuildOptions, stages: list[dict[str, Any]],
+           extra_files: dict[str, Path] | None = None) -> Path:
     from edgekit.bench import write_report
     from edgekit.bundle import BundleWriter
 
@@ -157,6 +158,8 @@ def _write(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], res
         write_report(report, writer.tmp)
         writer.add_json("gate.json", result.to_dict())
         writer.add_json("build.json", {"schema": "edgekit/build@1", "stages": stages, "command": opts.command})
+        for name, path in (extra_files or {}).items():
+            writer.add_file(path, name)
         writer.write_manifest(_manifest(variant, model_source, report, result, profile, target, method, opts))
         return writer.commit(archive=opts.archive)
 

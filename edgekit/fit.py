@@ -1,0 +1,308 @@
+"""`fit`: budget-first search for the cheapest variant that passes a profile.
+
+1. Candidate space from the target's methods and their knobs (int4 block sizes, …).
+2. Cheap pruning: size and roofline estimates from the parameter count rule out what cannot meet the budget.
+3. Export once; compress, bench and gate the rest, cheapest first, until the time budget ends.
+4. Rank: the smallest passing model (ties → lowest fidelity loss); a Pareto front over size, speed, fidelity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError
+from edgekit.source import SourceModel, read_safetensors_header
+from edgekit.specs import Profile, Target
+
+log = logging.getLogger(__name__)
+
+INT4_BLOCKS = (32, 64, 128)
+BITS = {"fp32": 32.0, "fp16": 16.0, "int8-weight": 8.0, "int8-dynamic": 8.0, "int8-static": 8.0}
+EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings", "lm_head")
+# Estimates are rough (±30 %): prune only what misses by more than this factor.
+PRUNE_SLACK = 1.3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.method + "".join(f"/{k}={v}" for k, v in self.options)
+
+
+@dataclass
+class Outcome:
+    candidate: Candidate
+    estimate: dict[str, float | None]
+    status: str = "pending"  # pruned | skipped | failed | rejected | passed | chosen
+    reason: str = ""
+    figures: dict[str, float | None] = field(default_factory=dict)
+    failed_rules: list[dict[str, Any]] = field(default_factory=list)
+    folder: Path | None = None
+    report: dict[str, Any] | None = None
+    gate: Any = None
+    pareto: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.candidate.label, "method": self.candidate.method, "options": dict(self.candidate.options),
+                "status": self.status, "reason": self.reason, "estimate": self.estimate, "figures": self.figures,
+                "failed_rules": self.failed_rules, "pareto": self.pareto, "seconds": round(self.seconds, 1)}
+
+
+def candidate_space(target: Target, methods: list[str] | None = None) -> list[Candidate]:
+    chosen = methods or [m for m in target.supports if m != "distill"]
+    out: list[Candidate] = []
+    for method in chosen:
+        if method.startswith("int4"):
+            out += [Candidate(method, (("block_size", b),)) for b in INT4_BLOCKS]
+        else:
+            out.append(Candidate(method))
+    return out
+
+
+def parameter_split(source: SourceModel) -> tuple[int, int]:
+    """(embedding + lm_head parameters, the rest), read from safetensors headers without loading weights."""
+    embed = other = 0
+    for path in source.weight_files:
+        if path.suffix != ".safetensors":
+            continue
+        for name, info in read_safetensors_header(path).items():
+            if name == "__metadata__":
+                continue
+            n = 1
+            for d in info["shape"]:
+                n *= d
+            if any(k in name for k in EMBED_NAMES):
+                embed += n
+            else:
+                other += n
+    return embed, other
+
+
+def estimate(c: Candidate, embed: int, other: int, profile: Profile) -> dict[str, float | None]:
+    """Model size from bits per weight; device decode speed from bandwidth / bytes read per token."""
+    if c.method.startswith("int4"):
+        block = dict(c.options).get("block_size", 32)
+        body_bits = 4 + 36 / block  # 4-bit codes + an fp32 scale and a 4-bit zero point per block
+        embed_bits = 8.0  # embeddings / lm_head stay 8-bit under int4 methods
+    else:
+        body_bits = BITS.get(c.method, 32.0)
+        embed_bits = 8.0 if c.method == "int8-weight" else (16.0 if c.method == "fp16" else 32.0)
+    size_mb = (other * body_bits + embed * embed_bits) / 8 / 1e6
+    dev = profile.device
+    decode = None
+    if not dev.host and dev.memory_bandwidth_gbps:
+        # Half of peak bandwidth is what llama.cpp-class decoders sustain on such devices.
+        decode = dev.memory_bandwidth_gbps * 1e9 * 0.5 / (size_mb * 1e6)
+    return {"size_mb": round(size_mb, 1), "decode_tokens_per_s": None if decode is None else round(decode, 1)}
+
+
+def prune(outcome: Outcome, profile: Profile, task: str) -> None:
+    b = profile.budgets
+    size = outcome.estimate["size_mb"]
+    decode = outcome.estimate["decode_tokens_per_s"]
+    if b.model_size_mb and size and size > b.model_size_mb * PRUNE_SLACK:
+        outcome.status, outcome.reason = "pruned", f"estimated size {size:.0f} MB > budget {b.model_size_mb:g} MB"
+    elif task == "text-generation" and b.decode_tokens_per_s_min and decode and decode * PRUNE_SLACK < b.decode_tokens_per_s_min:
+        outcome.status = "pruned"
+        outcome.reason = f"estimated decode {decode:.1f} tok/s < budget {b.decode_tokens_per_s_min:g} tok/s"
+
+
+def _figures(report: dict[str, Any]) -> dict[str, float | None]:
+    perf = report.get("performance") or {}
+    fid = report.get("fidelity") or {}
+
+    def pick(section: str, metric: str) -> float | None:
+        entry = (perf.get(section) or {}).get(metric) or {}
+        return entry.get("value")
+
+    def f(metric: str) -> float | None:
+        return (fid.get(metric) or {}).get("value")
+
+    return {"size_mb": pick("variant", "model_size_mb"),
+            "decode_tokens_per_s": pick("device", "decode_tokens_per_s") or pick("variant", "decode_tokens_per_s"),
+            "latency_ms": pick("device", "latency_ms") or pick("variant", "latency_ms"),
+            "top1_agreement": f("top1_agreement"), "kld_mean": f("kld_mean"), "ppl_ratio": f("ppl_ratio"),
+            "cosine_mean": f("cosine_mean"), "agreement": f("agreement")}
+
+
+def evaluate(c: Candidate, exported: Path, source: SourceModel, profile: Profile, target: Target, work: Path,
+             bench_options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Compress + bench one candidate (runs in a worker process when --workers > 1)."""
+    from edgekit.artifact import OnnxArtifact
+    from edgekit.bench import bench
+    from edgekit.compress import compress
+
+    artifact = OnnxArtifact.load(exported)
+    variant = artifact if c.method == "fp32" else compress(artifact, c.method, target, work, **dict(c.options))
+    return variant.path, dict(bench(variant, source, profile, **bench_options))
+
+
+def _loss(o: Outcome) -> float:
+    f = o.figures
+    if f.get("kld_mean") is not None:
+        return float(f["kld_mean"])  # type: ignore[arg-type]
+    for key in ("cosine_mean", "agreement", "top1_agreement"):
+        if f.get(key) is not None:
+            return 1.0 - float(f[key])  # type: ignore[arg-type]
+    return 0.0
+
+
+def mark_pareto(outcomes: list[Outcome]) -> None:
+    """Non-dominated over (size ↓, decode speed ↑, fidelity loss ↓) among the benched candidates."""
+    built = [o for o in outcomes if o.report is not None]
+
+    def key(o: Outcome) -> tuple[float, float, float]:
+        f = o.figures
+        latency = f.get("latency_ms")
+        speed = f.get("decode_tokens_per_s") or (1e3 / latency if latency else 0.0)
+        return float(f.get("size_mb") or 0.0), -float(speed or 0.0), _loss(o)
+
+    for o in built:
+        k = key(o)
+        o.pareto = not any(
+            all(a <= b for a, b in zip(key(p), k, strict=True)) and key(p) != k for p in built if p is not o
+        )
+
+
+def choose(outcomes: list[Outcome]) -> Outcome | None:
+    passing = [o for o in outcomes if o.status == "passed"]
+    if not passing:
+        return None
+    best = min(passing, key=lambda o: (round(float(o.figures.get("size_mb") or 0.0), 1), _loss(o)))
+    best.status = "chosen"
+    return best
+
+
+def nearest_miss(outcomes: list[Outcome]) -> Outcome | None:
+    """The benched candidate whose worst failing rule is closest to its threshold."""
+    rejected = [o for o in outcomes if o.status == "rejected" and o.failed_rules]
+    if not rejected:
+        return None
+    return min(rejected, key=lambda o: max(abs(r.get("margin_pct") or 0.0) for r in o.failed_rules))
+
+
+def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile: Profile, target: Target,
+           work: Path, *, deadline: float, max_candidates: int, workers: int, bench_options: dict[str, Any]) -> None:
+    """Evaluate the unpruned candidates cheapest first; failures are recorded and do not stop the search."""
+    from edgekit import progress
+    from edgekit.gate import gate
+
+    todo = sorted((o for o in outcomes if o.status == "pending"), key=lambda o: o.estimate["size_mb"] or 0.0)
+    for extra in todo[max_candidates:]:
+        extra.status, extra.reason = "skipped", f"beyond --max-candidates {max_candidates}"
+    todo = todo[:max_candidates]
+    with progress.stage("fit: candidates", total=len(todo)) as st, ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
+        for batch_start in range(0, len(todo), workers):
+            batch = todo[batch_start: batch_start + workers]
+            if time.monotonic() > deadline:
+                for o in todo[batch_start:]:
+                    o.status, o.reason = "skipped", "time budget ended"
+                break
+            t0 = time.monotonic()
+            futures = [(o, pool.submit(evaluate, o.candidate, exported, source, profile, target,
+                                       work / o.candidate.label.replace("/", "_"), bench_options)) for o in batch]
+            for o, fut in futures:
+                try:
+                    o.folder, o.report = fut.result()
+                except (EdgekitError, Exception) as exc:  # one broken candidate must not end the search
+                    o.status, o.reason = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                    st.advance(info=o.candidate.label)
+                    continue
+                o.seconds = time.monotonic() - t0
+                o.figures = _figures(o.report)
+                o.gate = gate(o.report, profile)
+                o.failed_rules = [r.to_dict() for r in o.gate.failed]
+                o.status = "passed" if o.gate.passed else "rejected"
+                o.reason = "; ".join(r.describe() for r in o.gate.failed)
+                st.advance(info=o.candidate.label)
+
+
+class _Inline:
+    """A stand-in for a process pool that runs each job at submit time (no pickling, one process)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            fut.set_exception(exc)
+        return fut
+
+
+@dataclass
+class FitResult:
+    outcomes: list[Outcome]
+    chosen: Outcome | None
+    nearest: Outcome | None
+    bundle: Path | None
+
+    @property
+    def passed(self) -> bool:
+        return self.chosen is not None
+
+
+def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[str] | None = None,
+        max_candidates: int = 12, time_budget_min: float = 60.0, workers: int = 1,
+        bench_options: dict[str, Any] | None = None, command: str = "") -> FitResult:
+    """Search the candidate space; write the chosen bundle (or the nearest miss, marked failed) at `out`."""
+    import shutil
+    import tempfile
+
+    from edgekit.catalog import check_method, load_target
+    from edgekit.export import export
+    from edgekit.fit_report import write_fit_files
+    from edgekit.pipeline import BuildOptions, _write
+    from edgekit.source import load_source
+    from edgekit.util import exclusive
+
+    out = Path(out)
+    target = load_target(profile.target)
+    for m in methods or []:
+        check_method(m, target, where="--methods")
+    deadline = time.monotonic() + time_budget_min * 60
+    source = load_source(source_spec)
+    embed, other = parameter_split(source)
+    outcomes = [Outcome(c, estimate(c, embed, other, profile)) for c in candidate_space(target, methods)]
+    for o in outcomes:
+        prune(o, profile, source.task)
+    with exclusive(out):
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+        try:
+            exported = export(source, target, work / "export").path
+            search(outcomes, exported, source, profile, target, work, deadline=deadline, max_candidates=max_candidates,
+                   workers=workers, bench_options=bench_options or {})
+            mark_pareto(outcomes)
+            chosen = choose(outcomes)
+            nearest = None if chosen else nearest_miss(outcomes)
+            pick = chosen or nearest
+            bundle = None
+            if pick is not None and pick.folder is not None and pick.report is not None:
+                from edgekit.artifact import OnnxArtifact
+
+                files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
+                report = {**pick.report, "gate": pick.gate.to_dict()}
+                bundle = _write(OnnxArtifact.load(pick.folder), source, report, pick.gate, profile, target,
+                                pick.candidate.method, out, BuildOptions(command=command), [], extra_files=files)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return FitResult(outcomes, chosen, nearest, bundle)
