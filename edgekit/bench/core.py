@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,10 @@ def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path |
     host = host_info()
     providers = _providers(variant, profile, host["providers"], warnings)
     src_block, src_size, params = _source_block(source)
-    threads = profile.workload.threads
+    threads = min(profile.workload.threads, os.cpu_count() or 1)
+    if threads < profile.workload.threads:
+        # More threads than cores only measures contention; the device estimate scales to the device's cores.
+        warnings.append(f"profile asks for {profile.workload.threads} threads; this host has {threads} cores, measured with {threads}")
     with progress.stage("bench: fidelity setup"):
         session = variant.session(threads=1, providers=providers)
     fidelity = measure_fidelity(session, source, eval_data, eval_tokens)

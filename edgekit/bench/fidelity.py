@@ -74,7 +74,12 @@ def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], value: float, *, s
 def metric(stat: Callable[[np.ndarray], float], n: int) -> dict[str, Any]:
     value = float(stat(np.arange(n)))
     low, high = bootstrap_ci(n, stat, value)
-    return {"value": round(value, 6), "ci95_low": round(low, 6), "ci95_high": round(high, 6), "n": n}
+    return {"value": _sig(value), "ci95_low": _sig(low), "ci95_high": _sig(high), "n": n}
+
+
+def _sig(x: float, digits: int = 7) -> float:
+    """Significant digits, not decimals: an fp32 export's KLD of 3e-9 must not print as 0."""
+    return float(f"{x:.{digits}g}")
 
 
 def summarize_causal(st: CausalStats) -> dict[str, dict[str, Any]]:

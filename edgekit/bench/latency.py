@@ -24,7 +24,7 @@ from edgekit.errors import BenchError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MIN_RUNS = 5
+MIN_RUNS = 10  # a p95 from fewer runs is one outlier away from anything
 MAX_RUNS = 500
 STABLE_TOL = 0.02  # p95 moved less than 2 % ...
 STABLE_PATIENCE = 3  # ... for this many consecutive runs

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.latency import encoder_metrics, generation_metrics, repeat, single
+from edgekit.bench.latency import MIN_RUNS, encoder_metrics, generation_metrics, repeat, single
 from edgekit.util import peak_rss_mb
 
 
@@ -109,7 +109,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         gen = _onnx_generate(handle) if onnx else _torch_generate(handle)
         prompt, n = list(spec["prompt"]), int(spec["new_tokens"])
         runs, stop = repeat(lambda: gen(prompt, n), lambda r: r[0] + sum(r[1]), max_time_s=limit,
-                            warmup=spec.get("warmup", 1), min_runs=spec.get("min_runs", 5))
+                            warmup=spec.get("warmup", 1), min_runs=spec.get("min_runs", MIN_RUNS))
         metrics = generation_metrics(len(prompt), [r[0] for r in runs], [r[1] for r in runs])
     else:
         encode = _onnx_encode(handle, spec["task"]) if onnx else _torch_encode(handle)
@@ -122,7 +122,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             return time.perf_counter() - t0
 
         times, stop = repeat(once, lambda t: t, max_time_s=limit, warmup=spec.get("warmup", 1),
-                             min_runs=spec.get("min_runs", 5))
+                             min_runs=spec.get("min_runs", MIN_RUNS))
         metrics = encoder_metrics(len(ids), times)
     metrics["load_ms"] = single(load_s * 1e3, "ms")
     metrics["peak_rss_mb"] = single(own_peak_rss_mb(), "MB")
