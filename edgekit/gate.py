@@ -1,11 +1,15 @@
 """Gate: Profile + BenchReport [+ baseline] → GateResult. A pure function; rendering to JSON/JUnit/Markdown.
 
-Every budget and fidelity floor in the profile becomes a rule. A rule whose metric the report does not have
-for this task is "n/a" — never counted as passed. Device figures that were estimated are gated, and labelled.
+Every budget and fidelity floor in the profile becomes a rule. A rule whose metric does not exist for the
+report's task is "n/a" — never counted as passed. A rule whose metric the task should have but the report lacks
+is "missing" and fails: an unproven budget is not a kept one. Device figures that were estimated are gated on
+their point value and labelled as estimates; a fidelity rule whose 95 % interval straddles its threshold is
+gated on the point value and flagged "uncertain".
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -20,6 +24,18 @@ BUDGET_RULES: dict[str, tuple[str, str, str, str, str]] = {
     "decode_tokens_per_s_min": ("device", "decode_tokens_per_s", "value", "min", "tok/s"),
     "ttft_ms_p95": ("device", "ttft_ms", "p95", "max", "ms"),
     "latency_ms_p95": ("device", "latency_ms", "p95", "max", "ms"),
+}
+# Which metrics each task produces (bench's report); a rule on any other metric is not applicable.
+TASK_METRICS: dict[str, frozenset[str]] = {
+    "text-generation": frozenset({"model_size_mb", "peak_rss_mb", "decode_tokens_per_s", "ttft_ms", "top1_agreement",
+                                  "kld_mean", "ppl_ratio"}),
+    "feature-extraction": frozenset({"model_size_mb", "peak_rss_mb", "latency_ms", "cosine_mean"}),
+    "text-classification": frozenset({"model_size_mb", "peak_rss_mb", "latency_ms", "accuracy_ratio"}),
+}
+# How to get a metric the report lacks; said in the failing rule rather than left to guesswork.
+MISSING_HINTS = {
+    "accuracy_ratio": "needs labelled --eval-data, one 'label<TAB>text' a line",
+    "decode_tokens_per_s": "needs workload.new_tokens > 1",
 }
 FIDELITY_RULES: dict[str, tuple[str, str]] = {
     "top1_agreement_min": ("top1_agreement", "min"),
@@ -41,15 +57,19 @@ class RuleResult:
     estimated: bool = False
     ci95: tuple[float, float] | None = None
     source: str = "budget"  # budget | fidelity | baseline
+    expected: bool = False  # the report's task produces this metric
 
     @property
     def applicable(self) -> bool:
-        return self.value is not None
+        return self.expected or self.value is not None
 
     @property
-    def passed(self) -> bool:
+    def passed(self) -> bool | None:
+        """None when not applicable (never True by default); False when the metric is missing."""
+        if not self.applicable:
+            return None
         if self.value is None:
-            return True
+            return False
         return self.value <= self.threshold if self.kind == "max" else self.value >= self.threshold
 
     @property
@@ -71,19 +91,26 @@ class RuleResult:
 
     @property
     def status(self) -> str:
-        return "n/a" if not self.applicable else ("pass" if self.passed else "FAIL")
+        if not self.applicable:
+            return "n/a"
+        if self.value is None:
+            return "MISSING"
+        return "pass" if self.passed else "FAIL"
 
     def describe(self) -> str:
         op = "<=" if self.kind == "max" else ">="
-        if self.value is None:
+        if not self.applicable:
             return f"{self.name}: n/a (no {self.metric} for this task)"
+        if self.value is None:
+            hint = MISSING_HINTS.get(self.metric, "re-run `edgekit bench`")
+            return f"{self.name}: MISSING — the report has no {self.metric} ({hint}); threshold {op} {self.threshold:.4g}"
         est = " (estimated)" if self.estimated else ""
         return (f"{self.name}: {self.value:.4g} {self.unit} {op} {self.threshold:.4g}{est} — {self.status}, "
                 f"margin {self.margin:+.4g} ({self.margin_pct:+.1f}%)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(status=self.status, passed=self.passed if self.applicable else None, margin=self.margin,
+        d.update(status=self.status, passed=self.passed, margin=self.margin,
                  margin_pct=self.margin_pct, uncertain=self.uncertain)
         return d
 
@@ -92,23 +119,25 @@ class RuleResult:
 class GateResult:
     profile: str
     rules: tuple[RuleResult, ...] = field(default_factory=tuple)
+    task: str | None = None
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rules if r.applicable)
+        return not self.failed
 
     @property
     def failed(self) -> list[RuleResult]:
-        return [r for r in self.rules if r.applicable and not r.passed]
+        return [r for r in self.rules if r.passed is False]
 
     def ordered(self) -> list[RuleResult]:
         """Failing rules first (worst margin first), then passes, then not-applicable ones."""
-        rank = {"FAIL": 0, "pass": 1, "n/a": 2}
+        rank = {"MISSING": 0, "FAIL": 0, "pass": 1, "n/a": 2}
         return sorted(self.rules, key=lambda r: (rank[r.status], r.margin_pct if r.margin_pct is not None else 0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": "edgekit/gate@1", "profile": self.profile, "passed": self.passed,
-                "failed": [r.name for r in self.failed], "rules": [r.to_dict() for r in self.ordered()]}
+        return {"schema": "edgekit/gate@1", "profile": self.profile, "task": self.task, "passed": self.passed,
+                "failed": [r.name for r in self.failed], "estimated": [r.name for r in self.rules if r.estimated],
+                "uncertain": [r.name for r in self.rules if r.uncertain], "rules": [r.to_dict() for r in self.ordered()]}
 
     def junit_xml(self) -> str:
         suite = ET.Element("testsuite", name=f"edgekit-gate-{self.profile}", tests=str(len(self.rules)),
@@ -117,7 +146,7 @@ class GateResult:
             case = ET.SubElement(suite, "testcase", classname=f"edgekit.gate.{self.profile}", name=rule.name)
             if not rule.applicable:
                 ET.SubElement(case, "skipped", message=rule.describe())
-            elif not rule.passed:
+            elif rule.passed is False:
                 ET.SubElement(case, "failure", message=rule.describe(), type=rule.source).text = rule.describe()
             else:
                 ET.SubElement(case, "system-out").text = rule.describe()
@@ -128,7 +157,7 @@ class GateResult:
         lines = [f"### edgekit gate — `{self.profile}`: **{head}**", "",
                  "| rule | value | threshold | margin | status |", "|---|---|---|---|---|"]
         for r in self.ordered():
-            value = "n/a" if r.value is None else f"{r.value:.4g} {r.unit}".strip() + (" (est.)" if r.estimated else "")
+            value = r.status if r.value is None else f"{r.value:.4g} {r.unit}".strip() + (" (est.)" if r.estimated else "")
             op = "≤" if r.kind == "max" else "≥"
             margin = "" if r.margin_pct is None else f"{r.margin:+.4g} ({r.margin_pct:+.1f}%)"
             flag = " ⚠ CI straddles" if r.uncertain else ""
@@ -136,62 +165,103 @@ class GateResult:
         return "\n".join(lines) + "\n"
 
 
+def _number(value: Any, where: str) -> float | None:
+    """A finite float, None when absent or NaN (not measured); anything else is a broken report."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"report is malformed: {where} is {value!r}, expected a number")
+    return None if math.isnan(value) else float(value)
+
+
+def _section(report: dict[str, Any], *keys: str) -> dict[str, Any]:
+    node: Any = report
+    for depth, key in enumerate(keys, 1):
+        node = node.get(key)
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            raise InputError(f"report is malformed: '{'.'.join(keys[:depth])}' is not an object")
+    return dict(node)
+
+
 def _metric(report: dict[str, Any], section: str, metric: str, stat: str) -> tuple[float | None, bool]:
-    perf = report.get("performance") or {}
-    sections = [section, "variant"] if section == "device" else [section]
-    for name in sections:
-        entry = (perf.get(name) or {}).get(metric)
+    # A device estimate wins over the host measurement; without one (host profile, --on-device) the host's counts.
+    for name in [section, "variant"] if section == "device" else [section]:
+        entry = _section(report, "performance", name).get(metric)
         if isinstance(entry, dict):
-            value = entry.get(stat, entry.get("value"))
+            key = stat if entry.get(stat) is not None else "value"
+            value = _number(entry.get(key), f"performance.{name}.{metric}.{key}")
             if value is not None:
-                return float(value), bool(entry.get("estimated", False))
+                return value, bool(entry.get("estimated", False))
+        elif entry is not None:
+            raise InputError(f"report is malformed: performance.{name}.{metric} is not an object")
     return None, False
 
 
 def _fidelity(report: dict[str, Any], metric: str) -> tuple[float | None, tuple[float, float] | None]:
-    entry = (report.get("fidelity") or {}).get(metric)
-    if not isinstance(entry, dict) or entry.get("value") is None:
+    entry = _section(report, "fidelity").get(metric)
+    if entry is None:
         return None, None
-    lo, hi = entry.get("ci95_low"), entry.get("ci95_high")
-    return float(entry["value"]), (float(lo), float(hi)) if lo is not None and hi is not None else None
+    if not isinstance(entry, dict):
+        raise InputError(f"report is malformed: fidelity.{metric} is not an object")
+    value = _number(entry.get("value"), f"fidelity.{metric}.value")
+    lo = _number(entry.get("ci95_low"), f"fidelity.{metric}.ci95_low")
+    hi = _number(entry.get("ci95_high"), f"fidelity.{metric}.ci95_high")
+    return value, (lo, hi) if value is not None and lo is not None and hi is not None else None
+
+
+def report_task(report: dict[str, Any]) -> str | None:
+    for section in ("variant", "source"):
+        task = _section(report, section).get("task")
+        if isinstance(task, str) and task in TASK_METRICS:
+            return task
+    return None
 
 
 def _baseline_rules(report: dict[str, Any], baseline: dict[str, Any], profile: Profile) -> list[RuleResult]:
+    """Not worse than the baseline by more than the profile's tolerance; a metric the baseline had must be there."""
     tol = profile.regression
     rules = []
-    for metric, stat, kind, unit in (("decode_tokens_per_s", "value", "min", "tok/s"), ("latency_ms", "p95", "max", "ms"),
-                                     ("model_size_mb", "value", "max", "MB")):
+    for metric, stat, kind, unit in (("decode_tokens_per_s", "value", "min", "tok/s"), ("ttft_ms", "p95", "max", "ms"),
+                                     ("latency_ms", "p95", "max", "ms"), ("model_size_mb", "value", "max", "MB")):
         base, _ = _metric(baseline, "variant", metric, stat)
-        now, est = _metric(report, "variant", metric, stat)
-        if base is None or now is None:
+        if base is None:
             continue
+        now, est = _metric(report, "variant", metric, stat)
         pct = tol.max_size_increase_pct if metric == "model_size_mb" else tol.max_slowdown_pct
         limit = base * (1 - pct / 100) if kind == "min" else base * (1 + pct / 100)
-        rules.append(RuleResult(f"regression.{metric}", metric, kind, limit, now, unit, est, source="baseline"))
+        rules.append(RuleResult(f"regression.{metric}", metric, kind, limit, now, unit, est, source="baseline", expected=True))
     for metric, kind, delta in (("kld_mean", "max", tol.max_kld_increase), ("top1_agreement", "min", -tol.max_top1_drop)):
         base, _ = _fidelity(baseline, metric)
+        if base is None:
+            continue
         now, ci = _fidelity(report, metric)
-        if base is not None and now is not None:
-            rules.append(RuleResult(f"regression.{metric}", metric, kind, base + delta, now, "", False, ci, "baseline"))
+        rules.append(RuleResult(f"regression.{metric}", metric, kind, base + delta, now, "", False, ci, "baseline", True))
     return rules
 
 
 def gate(report: dict[str, Any], profile: Profile, baseline: dict[str, Any] | None = None) -> GateResult:
     """Check a bench report against the profile's budgets and fidelity floors (and a baseline report)."""
     for name, rep in (("report", report), ("baseline", baseline)):
-        if rep is not None and rep.get("schema") != "edgekit/report@1":
-            raise InputError(f"{name} is not an edgekit report (schema {rep.get('schema')!r}, expected 'edgekit/report@1')")
+        if rep is not None and (not isinstance(rep, dict) or rep.get("schema") != "edgekit/report@1"):
+            found = rep.get("schema") if isinstance(rep, dict) else type(rep).__name__
+            raise InputError(f"{name} is not an edgekit report (schema {found!r}, expected 'edgekit/report@1')")
+    task = report_task(report)
+    metrics = TASK_METRICS.get(task or "", frozenset())
     rules: list[RuleResult] = []
     for key, (section, metric, stat, kind, unit) in BUDGET_RULES.items():
         threshold = getattr(profile.budgets, key)
         if threshold is not None:
             value, estimated = _metric(report, section, metric, stat)
-            rules.append(RuleResult(f"budgets.{key}", metric, kind, float(threshold), value, unit, estimated))
+            rules.append(RuleResult(f"budgets.{key}", metric, kind, float(threshold), value, unit, estimated,
+                                    expected=metric in metrics))
     for key, (metric, kind) in FIDELITY_RULES.items():
         threshold = getattr(profile.fidelity, key)
         if threshold is not None:
             value, ci = _fidelity(report, metric)
-            rules.append(RuleResult(f"fidelity.{key}", metric, kind, float(threshold), value, "", False, ci, "fidelity"))
+            rules.append(RuleResult(f"fidelity.{key}", metric, kind, float(threshold), value, "", False, ci, "fidelity",
+                                    metric in metrics))
     if baseline is not None:
         rules += _baseline_rules(report, baseline, profile)
-    return GateResult(profile.name, tuple(rules))
+    return GateResult(profile.name, tuple(rules), task)

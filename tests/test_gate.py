@@ -16,6 +16,7 @@ from tests.conftest import REPO, run_cli
 def report(**over: Any) -> dict[str, Any]:
     r: dict[str, Any] = {
         "schema": "edgekit/report@1",
+        "variant": {"task": "text-generation"},
         "performance": {
             "variant": {"model_size_mb": {"value": 160.0, "unit": "MB"}, "peak_rss_mb": {"value": 400.0},
                         "decode_tokens_per_s": {"value": 60.0}, "ttft_ms": {"value": 90.0, "p95": 100.0}},
@@ -49,7 +50,41 @@ def test_passing_report_all_rules_with_margins() -> None:
     assert rule(result, "budgets.ttft_ms_p95").value == 320
     # An encoder metric on a causal report is not applicable, and not counted as passed.
     for name in ("budgets.latency_ms_p95", "fidelity.cosine_min", "fidelity.accuracy_ratio_min"):
-        assert rule(result, name).status == "n/a"
+        assert rule(result, name).status == "n/a" and rule(result, name).passed is None
+    assert len([r for r in result.rules if r.passed]) == 7  # every applicable rule, and only those
+    assert result.to_dict()["estimated"] == ["budgets.decode_tokens_per_s_min", "budgets.ttft_ms_p95"]
+
+
+def test_metric_the_task_should_have_but_lacks_fails() -> None:
+    r = report()
+    del r["fidelity"]["kld_mean"]
+    r["fidelity"]["ppl_ratio"] = {"value": float("nan"), "ci95_low": None, "ci95_high": None, "n": 0}
+    result = gate(r, load_profile("raspberry-pi-5"))
+    assert not result.passed
+    assert {x.name for x in result.failed} == {"fidelity.kld_mean_max", "fidelity.ppl_ratio_max"}
+    assert rule(result, "fidelity.kld_mean_max").status == "MISSING"
+    assert "no kld_mean" in rule(result, "fidelity.kld_mean_max").describe()
+
+
+def test_encoder_report_gates_encoder_rules() -> None:
+    r = {"schema": "edgekit/report@1", "variant": {"task": "feature-extraction"},
+         "performance": {"variant": {"model_size_mb": {"value": 20.0}, "peak_rss_mb": {"value": 100.0},
+                                     "latency_ms": {"value": 5.0, "p95": 7.0}}, "device": None},
+         "fidelity": {"cosine_mean": {"value": 0.985, "ci95_low": 0.98, "ci95_high": 0.99, "n": 16}}}
+    result = gate(r, load_profile("x86-laptop"))
+    assert [x.name for x in result.failed] == ["fidelity.cosine_min"]
+    assert rule(result, "fidelity.cosine_min").margin == pytest.approx(-0.005)
+    assert rule(result, "fidelity.cosine_min").margin_pct == pytest.approx(-0.505, abs=1e-3)
+    assert rule(result, "budgets.latency_ms_p95").value == 7.0  # the p95, not the median
+    assert rule(result, "budgets.decode_tokens_per_s_min").status == "n/a"
+    assert rule(result, "fidelity.top1_agreement_min").status == "n/a"
+
+
+@pytest.mark.parametrize("bad", [{"performance": []}, {"performance": {"variant": {"model_size_mb": {"value": "big"}}}},
+                                 {"fidelity": {"kld_mean": 0.1}}])
+def test_malformed_report_is_bad_input(bad: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="malformed"):
+        gate({"schema": "edgekit/report@1", **bad}, load_profile("local"))
 
 
 def test_failing_rules_first_with_how_far_off() -> None:
@@ -83,7 +118,13 @@ def test_baseline_regressions() -> None:
     slower = report(variant__decode_tokens_per_s={"value": 40.0}, fidelity__kld_mean={"value": 0.02})
     result = gate(slower, profile, baseline=base)
     assert {r.name for r in result.failed} == {"regression.decode_tokens_per_s", "regression.kld_mean"}
+    decode = rule(result, "regression.decode_tokens_per_s")
+    assert decode.threshold == pytest.approx(60 * 0.9) and decode.margin == pytest.approx(40 - 54)
     assert gate(base, profile, baseline=base).passed
+    # A metric the baseline had and the new report lost is a regression, not a pass.
+    lost = report()
+    del lost["performance"]["variant"]["decode_tokens_per_s"]
+    assert rule(gate(lost, profile, baseline=base), "regression.decode_tokens_per_s").status == "MISSING"
 
 
 def test_junit_and_markdown() -> None:
@@ -91,7 +132,8 @@ def test_junit_and_markdown() -> None:
     suite = ET.fromstring(result.junit_xml())
     cases = suite.findall("testcase")
     assert len(cases) == len(result.rules)
-    assert suite.get("failures") == "1"
+    assert suite.get("failures") == "1" and suite.get("skipped") == "3"
+    assert len([c for c in cases if c.find("skipped") is not None]) == 3
     failed = [c for c in cases if c.find("failure") is not None]
     assert [c.get("name") for c in failed] == ["budgets.model_size_mb"]
     md = result.markdown()

@@ -25,19 +25,33 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def write_text(path: Path, text: str) -> None:
+    from edgekit.errors import InputError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
 def print_gate(result: Any) -> None:
     """The rule table, failing rules first, with how far off each one is."""
     from edgekit.cli.options import table
 
     rows = []
     for r in result.ordered():
-        value = "n/a" if r.value is None else f"{r.value:.4g}{' ' + r.unit if r.unit else ''}{' (est.)' if r.estimated else ''}"
+        value = r.status if r.value is None else f"{r.value:.4g}{' ' + r.unit if r.unit else ''}{' (est.)' if r.estimated else ''}"
         op = "<=" if r.kind == "max" else ">="
         margin = "" if r.margin is None else f"{r.margin:+.4g} ({r.margin_pct:+.1f}%)"
         rows.append((r.status + (" ?" if r.uncertain else ""), r.name, value, f"{op} {r.threshold:.4g}", margin))
     echo(table(rows, ["status", "rule", "value", "threshold", "margin"]))
     verdict = "PASSED" if result.passed else f"FAILED: {', '.join(r.name for r in result.failed)}"
-    echo(f"\ngate {result.profile}: {verdict}")
+    notes = []
+    if any(r.estimated for r in result.rules):
+        notes.append("(est.) = device figure estimated from a roofline, not measured on the device")
+    if any(r.uncertain for r in result.rules):
+        notes.append("? = the 95 % interval straddles the threshold; gated on the point value")
+    echo("\n".join(["", *notes, f"gate {result.profile}: {verdict}"]))
 
 
 def finish_gate(result: Any) -> None:
@@ -66,11 +80,13 @@ def gate(report: Path, profile_name: str, baseline: Path | None, junit: Path | N
 
     profile = load_profile(profile_name)
     result = run_gate(read_json(report, "report"), profile, read_json(baseline, "baseline report") if baseline else None)
-    (out or Path(report).parent / "gate.json").write_text(json.dumps(result.to_dict(), indent=2))
+    outputs = {out or Path(report).parent / "gate.json": json.dumps(result.to_dict(), indent=2) + "\n"}
     if junit:
-        junit.write_text(result.junit_xml())
+        outputs[junit] = result.junit_xml()
     if markdown:
-        markdown.write_text(result.markdown())
+        outputs[markdown] = result.markdown()
+    for path, text in outputs.items():
+        write_text(path, text)
     if as_json:
         emit_json(result.to_dict())
     else:
