@@ -6,6 +6,7 @@ gate/verify), click usage errors → 2, anything else → 3. `EDGEKIT_DEBUG=1` s
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -15,6 +16,8 @@ from typing import Any
 import click
 
 from edgekit import __version__
+
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
 
 # command name → "module:attribute"; modules are imported only when their command runs (fast --help).
 COMMANDS: dict[str, str] = {
@@ -129,6 +132,11 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+            # A full disk, a read-only or forbidden path is the user's environment, not our bug: exit 2.
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"edgekit: error: {exc.strerror or exc}{where} (free space or choose another -o)", err=True)
+            sys.exit(2)
         msg = " ".join(str(exc).split())[:300]
         click.echo(f"edgekit: internal error: {type(exc).__name__}: {msg} (set EDGEKIT_DEBUG=1 for the traceback)", err=True)
         sys.exit(3)
