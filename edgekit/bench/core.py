@@ -10,7 +10,7 @@ from typing import Any
 
 from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
-from edgekit.bench.latency import run_isolated, single
+from edgekit.bench.latency import encoder_metrics, generation_metrics, measure_pair, single
 from edgekit.errors import BenchError, UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,23 @@ def _speedup(variant: dict[str, Any], source: dict[str, Any]) -> dict[str, float
     return out
 
 
-def _measure(engine: str, spec: dict[str, Any], max_time_s: float) -> dict[str, Any]:
-    with progress.stage(f"bench: {engine} latency") as st:
-        st.set_info(f"up to {max_time_s:.0f} s")
-        return run_isolated({**spec, "engine": engine}, timeout_s=max_time_s * 4 + 600)
+def _measure(specs: dict[str, dict[str, Any]], max_time_s: float) -> dict[str, dict[str, Any]]:
+    """Interleaved runs of both engines → per engine {metrics, provider, runs, stopped, torch_imported}."""
+    spec = next(iter(specs.values()))
+    generation = spec["task"] == "text-generation"
+    with progress.stage("bench: latency", total=None) as st:
+        raw = measure_pair(specs, (lambda r: r[0] + sum(r[1])) if generation else (lambda t: t), max_time_s=max_time_s,
+                           on_round=lambda n: st.set_info(f"{n} runs each"))
+    out = {}
+    for name, r in raw.items():
+        if generation:
+            metrics = generation_metrics(len(spec["prompt"]), [s[0] for s in r["samples"]], [s[1] for s in r["samples"]])
+        else:
+            metrics = encoder_metrics(len(spec["batch_ids"]), r["samples"])
+        metrics["load_ms"] = single(r["load_ms"], "ms")
+        metrics["peak_rss_mb"] = single(r["peak_rss_mb"], "MB")
+        out[name] = {"metrics": metrics, **{k: r[k] for k in ("provider", "runs", "stopped", "torch_imported")}}
+    return out
 
 
 def _source_block(source: Any) -> tuple[dict[str, Any], float, float]:
@@ -107,8 +120,9 @@ def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path |
     del session
     spec = {"task": source.task, "threads": threads, "max_time_s": max_time_s,
             **_workload_spec(source, profile, eval_data, warnings)}
-    var = _measure("onnx", {**spec, "model_file": str(variant.model_file), "providers": providers}, max_time_s)
-    src = _measure("torch", {**spec, "source": str(source.path)}, max_time_s)
+    measured = _measure({"variant": {**spec, "engine": "onnx", "model_file": str(variant.model_file), "providers": providers},
+                         "source": {**spec, "engine": "torch", "source": str(source.path)}}, max_time_s)
+    var, src = measured["variant"], measured["source"]
     if var.get("torch_imported"):
         warnings.append("torch was loaded in the ONNX measurement process; its peak RSS includes torch")
     var["metrics"]["model_size_mb"] = single(variant.size_mb, "MB")
@@ -116,7 +130,7 @@ def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path |
     performance: dict[str, Any] = {
         "variant": var["metrics"], "source": src["metrics"], "speedup": _speedup(var["metrics"], src["metrics"]),
         "device": None, "roofline": None, "on_device": on_device,
-        "runs": {k: {"runs": r["runs"], "stopped": r["stopped"], "threads": threads} for k, r in (("variant", var), ("source", src))},
+        "runs": {k: {"runs": r["runs"], "stopped": r["stopped"], "threads": threads, "interleaved": True} for k, r in (("variant", var), ("source", src))},
     }
     if not (profile.device.host or on_device):
         performance["device"], performance["roofline"] = _estimate(variant, source, profile, host, var["metrics"], params, threads)

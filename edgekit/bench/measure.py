@@ -1,4 +1,4 @@
-"""The isolated measurement process: `python -m edgekit.bench.measure SPEC.json RESULT.json`.
+"""The isolated measurement process: `python -m edgekit.bench.measure SPEC.json`, driven over stdin/stdout.
 
 The ONNX engine imports only onnxruntime and numpy (through `edgekit.runtime`), so its peak RSS is what a
 device pays; the result records whether torch was loaded to prove it. The torch engine measures the
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.latency import MIN_RUNS, encoder_metrics, generation_metrics, repeat, single
+from edgekit.bench.latency import PREFIX
 from edgekit.util import peak_rss_mb
 
 
@@ -101,40 +101,49 @@ def _torch_encode(model: Any) -> Any:
     return run
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
+def sampler(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Load the engine; return a function that makes one timed sample, and load facts."""
     onnx = spec["engine"] == "onnx"
     handle, load_s, info = _onnx(spec) if onnx else _torch(spec)
-    limit = float(spec["max_time_s"])
+    info["load_ms"] = load_s * 1e3
     if spec["task"] == "text-generation":
         gen = _onnx_generate(handle) if onnx else _torch_generate(handle)
         prompt, n = list(spec["prompt"]), int(spec["new_tokens"])
-        runs, stop = repeat(lambda: gen(prompt, n), lambda r: r[0] + sum(r[1]), max_time_s=limit,
-                            warmup=spec.get("warmup", 1), min_runs=spec.get("min_runs", MIN_RUNS))
-        metrics = generation_metrics(len(prompt), [r[0] for r in runs], [r[1] for r in runs])
-    else:
-        encode = _onnx_encode(handle, spec["task"]) if onnx else _torch_encode(handle)
-        ids = np.asarray(spec["batch_ids"], dtype=np.int64)
-        mask = np.ones_like(ids)
+        return (lambda: list(gen(prompt, n))), info
+    encode = _onnx_encode(handle, spec["task"]) if onnx else _torch_encode(handle)
+    ids = np.asarray(spec["batch_ids"], dtype=np.int64)
+    mask = np.ones_like(ids)
 
-        def once() -> float:
-            t0 = time.perf_counter()
-            encode(ids, mask)
-            return time.perf_counter() - t0
+    def once() -> float:
+        t0 = time.perf_counter()
+        encode(ids, mask)
+        return time.perf_counter() - t0
 
-        times, stop = repeat(once, lambda t: t, max_time_s=limit, warmup=spec.get("warmup", 1),
-                             min_runs=spec.get("min_runs", MIN_RUNS))
-        metrics = encoder_metrics(len(ids), times)
-    metrics["load_ms"] = single(load_s * 1e3, "ms")
-    metrics["peak_rss_mb"] = single(own_peak_rss_mb(), "MB")
-    return {"metrics": metrics, "stopped": stop, "runs": len(runs if spec["task"] == "text-generation" else times),
-            "torch_imported": "torch" in sys.modules, **info}
+    return once, info
+
+
+def _reply(data: dict[str, Any]) -> None:
+    # Prefixed lines: a library that prints to stdout cannot be mistaken for a reply.
+    sys.stdout.write(PREFIX + json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """Answer 'run' (one sample) and 'exit' (peak RSS, then quit) on stdin; the parent interleaves engines."""
+    once, info = sampler(spec)
+    _reply({"ready": True, **info})
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            _reply({"sample": once()})
+        elif cmd == "exit":
+            _reply({"peak_rss_mb": own_peak_rss_mb(), "torch_imported": "torch" in sys.modules})
+            return
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(args[0]).read_text())
-    result = measure(spec)
-    Path(args[1]).write_text(json.dumps(result))
+    serve(json.loads(Path(args[0]).read_text()))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,26 @@ def test_cli_bench_json_and_files(tiny_onnx, tiny_model, tmp_path: Path) -> None
     assert (out.parent / "llama.md").is_file() and (out.parent / "llama.png").is_file()
     bad = run_cli("bench", str(tmp_path / "nothing"), "--source", str(tiny_model("llama")))
     assert bad.returncode == 2 and "no model.onnx" in bad.stderr and bad.stdout == ""
+
+
+def test_a_failing_measurement_process_is_a_bench_error(tmp_path: Path) -> None:
+    from edgekit.bench.latency import measure_pair
+    from edgekit.errors import BenchError
+
+    spec = {"engine": "onnx", "task": "text-generation", "threads": 1, "model_file": str(tmp_path / "missing.onnx"),
+            "prompt": [1, 2], "new_tokens": 2}
+    with pytest.raises(BenchError, match="onnx measurement failed"):
+        measure_pair({"variant": spec}, lambda r: r[0], max_time_s=0.1)
+
+
+def test_stability_needs_min_runs_and_a_calm_p95() -> None:
+    from edgekit.bench.latency import Stability
+
+    track = Stability(min_runs=4)
+    for v in (1.0, 1.0, 1.0):
+        track.add(v)
+    assert not track.stable  # calm, but too few runs
+    track.add(1.0)
+    assert track.stable
+    track.add(5.0)  # an outlier moves the p95
+    assert not track.stable
