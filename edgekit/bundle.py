@@ -13,18 +13,20 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
+from edgekit.archive import safe_extract, write_archive
 from edgekit.errors import BundleError, InputError, VerifyFailed
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "edgekit.json"
 SCHEMA = "edgekit/bundle@1"
+TASKS = ("text-generation", "text-classification", "feature-extraction")
+__all__ = ["BundleWriter", "State", "safe_extract", "verify_bundle", "write_archive", "write_bundle"]
 
 
 class State(enum.Enum):
@@ -68,12 +70,20 @@ class BundleWriter:
             raise BundleError(f"bundle writer is {self.state.value}, expected {state.value}")
         return self.tmp
 
-    def add_file(self, src: Path, name: str | None = None) -> None:
+    def _dest(self, name: str) -> Path:
         tmp = self._require(State.FILES)
-        shutil.copyfile(src, tmp / (name or src.name))
+        # A bundle is one flat folder; the manifest name is reserved for write_manifest.
+        if not name or name in (".", "..", MANIFEST) or "/" in name or "\\" in name:
+            raise BundleError(f"invalid bundle file name '{name}'")
+        if (tmp / name).exists():
+            raise BundleError(f"'{name}' is already in the bundle")
+        return tmp / name
+
+    def add_file(self, src: Path, name: str | None = None) -> None:
+        shutil.copyfile(src, self._dest(name or src.name))
 
     def add_text(self, name: str, text: str) -> None:
-        (self._require(State.FILES) / name).write_text(text)
+        self._dest(name).write_text(text, encoding="utf-8")
 
     def add_json(self, name: str, data: Any) -> None:
         self.add_text(name, json.dumps(data, indent=2, default=str))
@@ -96,56 +106,112 @@ class BundleWriter:
         if archive:
             write_archive(tmp, self.out.with_name(self.out.name + ".tar.gz"))
         if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.rename(self.out, old)
-            os.rename(tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(tmp, self.out):
+                # No atomic swap on this filesystem: for an instant OUT is absent, never half-written.
+                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                os.rename(self.out, old)
+                os.rename(tmp, self.out)
+                tmp = old
+            # The previous bundle now sits at a hidden name; unlink its manifest first so a crash during the
+            # cleanup leaves nothing that looks like a bundle.
+            (tmp / MANIFEST).unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.rename(tmp, self.out)
         self.state = State.DONE
         return self.out
 
 
-def write_archive(folder: Path, dest: Path) -> Path:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    os.close(fd)
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        with tarfile.open(tmp_name, "w:gz") as tar:
-            for path in sorted(folder.iterdir()):
-                tar.add(path, arcname=f"{dest.name.removesuffix('.tar.gz')}/{path.name}", recursive=False)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return dest
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return int(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)) == 0
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove what an interrupted (e.g. SIGKILLed) writer of `out` left; call only while holding its lock."""
+    removed = []
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*", f".{out.name}.work-*", f".{out.name}.tar.gz.tmp-*"):
+        for path in out.parent.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------- the manifest of a built variant
+
+
+def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, command: str,
+                  method: str | None = None) -> dict[str, Any]:
+    """Provenance, runtime and I/O for edgekit.json (files and schema are added by the writer)."""
+    import onnxruntime as ort
+
+    from edgekit.catalog import load_target
+
+    profile = report.get("profile") or {}
+    target = load_target(str(profile.get("target") or artifact.meta.get("target")))
+    threads = int((profile.get("workload") or {}).get("threads") or 1)
+    major, minor = ort.__version__.split(".")[:2]
+    gen_path = artifact.path / "generation_config.json"
+    record = artifact.meta
+    return {
+        "task": artifact.task,
+        "method": method or artifact.method,
+        "settings": record.get("settings") or record.get("options") or {},
+        "source": report.get("source") or record.get("source"),
+        "distill": report.get("distill"),
+        "target": target.name,
+        "profile": {k: profile.get(k) for k in ("name", "device", "workload")},
+        "gate_passed": bool(gate_result.passed),
+        "gate_failed": [r.name for r in gate_result.failed],
+        # Built and tested with this onnxruntime; the next major may change operators or fusions.
+        "runtime": {
+            "onnxruntime": f">={major}.{minor},<{int(major) + 1}",
+            "onnxruntime_built_with": ort.__version__,
+            "providers": list(target.execution_providers),
+            "threads": threads,
+            "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1,
+                                "execution_mode": "sequential", "graph_optimization_level": "all"},
+        },
+        "io": record.get("io") or (record.get("export") or {}).get("io"),
+        "with_past": record.get("with_past", (record.get("export") or {}).get("with_past")),
+        "generation_config": json.loads(gen_path.read_text()) if gen_path.is_file() else None,
+        "command": command,
+    }
+
+
+def write_bundle(artifact: Any, report: dict[str, Any], gate_result: Any, out: Path | str, *, command: str,
+                 archive: bool = False, method: str | None = None, build: dict[str, Any] | None = None,
+                 extra_files: dict[str, Path] | None = None) -> Path:
+    """Model files + side files + report (json/md/png) + gate.json [+ build.json] → a verified-layout bundle."""
+    from edgekit.bench import write_report
+
+    with BundleWriter(out) as writer:
+        for path in [*artifact.model_files, *artifact.side_files()]:
+            writer.add_file(path)
+        write_report(report, writer._require(State.FILES))
+        writer.add_json("gate.json", gate_result.to_dict())
+        if build is not None:
+            writer.add_json("build.json", build)
+        for name, path in (extra_files or {}).items():
+            writer.add_file(path, name)
+        writer.write_manifest(manifest_meta(artifact, report, gate_result, command=command, method=method))
+        return writer.commit(archive=archive)
 
 
 # ---------------------------------------------------------------- reading and verifying
-
-
-def safe_extract(archive: Path, dest: Path) -> Path:
-    """Extract a bundle archive; reject absolute paths, `..`, links and device files. Returns the bundle folder."""
-    try:
-        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tar:` below
-    except (tarfile.TarError, OSError) as exc:
-        raise InputError(f"{archive}: not a readable tar archive ({exc})") from exc
-    with tar:
-        members = tar.getmembers()
-        for m in members:
-            parts = Path(m.name).parts
-            if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute():
-                raise VerifyFailed(f"{archive}: member '{m.name}' has an absolute path")
-            if ".." in parts:
-                raise VerifyFailed(f"{archive}: member '{m.name}' escapes the archive with '..'")
-            if m.issym() or m.islnk():
-                raise VerifyFailed(f"{archive}: member '{m.name}' is a link (to '{m.linkname}'); bundles hold plain files")
-            if not (m.isfile() or m.isdir()):
-                raise VerifyFailed(f"{archive}: member '{m.name}' is not a regular file")
-        tar.extractall(dest, filter="data")
-    manifests = sorted(dest.rglob(MANIFEST))
-    if not manifests:
-        raise VerifyFailed(f"{archive}: no {MANIFEST} inside; not an edgekit bundle")
-    return manifests[0].parent
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -158,6 +224,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise VerifyFailed(f"{path}: manifest is not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise VerifyFailed(f"{path}: manifest schema is not {SCHEMA}")
+    if manifest.get("task") not in TASKS:
+        raise VerifyFailed(f"{path}: manifest 'task' is {manifest.get('task')!r}, expected one of {', '.join(TASKS)}")
+    if not isinstance(manifest.get("edgekit_version"), str):
+        raise VerifyFailed(f"{path}: manifest has no 'edgekit_version'")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files or not all(
         isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int) for v in files.values()
@@ -195,9 +265,11 @@ def smoke_test(folder: Path) -> dict[str, Any]:
     try:
         model = Model(folder)
         if model.task == "text-generation":
-            result = Decoder(model.session).generate(model.encode("Hello") or [0], 2)
-            ok = bool(result.tokens)
-            sample: Any = result.tokens
+            decoder = Decoder(model.session)
+            ids = model.encode("Hello") or [0]
+            # NaN logits still argmax to a token: check the numbers, then that the KV-cache loop runs.
+            ok = bool(np.isfinite(decoder.logits(ids)).all())
+            sample: Any = decoder.generate(ids, 2).tokens
         else:
             out = model.embed_or_classify(["hello world"])
             ok = bool(np.isfinite(out).all())

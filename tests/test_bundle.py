@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bundle import MANIFEST, BundleWriter, State, verify_bundle, write_archive
+from edgekit.bundle import MANIFEST, BundleWriter, State, clean_stale, verify_bundle, write_archive
 from edgekit.catalog import load_target
 from edgekit.errors import BundleError, VerifyFailed
 from edgekit.export import export
@@ -97,6 +97,22 @@ def _evil_tar(path: Path, kind: str) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+def _stray_tar(path: Path, model_dir: Path, kind: str) -> None:
+    """A good bundle plus something a verifier must not overlook."""
+    bundle = make_bundle(model_dir, path.parent / "src")
+    with tarfile.open(path, "w:gz") as tar:
+        for p in sorted(bundle.iterdir()):
+            tar.add(p, arcname=f"b/{p.name}")
+        if kind == "stray-folder":
+            tar.add(bundle / "config.json", arcname="other/payload.onnx")
+        elif kind == "nested":
+            tar.add(bundle / "config.json", arcname="b/sub/payload.onnx")
+        else:
+            info = tarfile.TarInfo("b/fifo")
+            info.type = tarfile.FIFOTYPE
+            tar.addfile(info)
+
+
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
 def test_hostile_archives_rejected(kind: str, tmp_path: Path) -> None:
     archive = tmp_path / "evil.tar.gz"
@@ -106,6 +122,53 @@ def test_hostile_archives_rejected(kind: str, tmp_path: Path) -> None:
     assert not (tmp_path.parent / "evil.txt").exists() and not Path("/tmp/edgekit-evil.txt").exists()
     res = run_cli("verify", str(archive))
     assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["stray-folder", "nested", "fifo"])
+def test_archive_with_hidden_extras_rejected(kind: str, model_dir: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "x.tar.gz"
+    _stray_tar(archive, model_dir, kind)
+    with pytest.raises(VerifyFailed, match={"stray-folder": "b, other", "nested": "payload.onnx", "fifo": "special"}[kind]):
+        verify_bundle(archive)
+
+
+def test_writer_refuses_bad_names_and_bad_manifests(model_dir: Path, tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "w") as w:
+        for name in (MANIFEST, "../x", "a/b", ""):
+            with pytest.raises(BundleError):
+                w.add_text(name, "x")
+        w.add_text("a.txt", "x")
+        with pytest.raises(BundleError, match="already"):
+            w.add_text("a.txt", "y")
+    out = make_bundle(model_dir, tmp_path / "bundle")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["task"] = "image-generation"
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(VerifyFailed, match="task"):
+        verify_bundle(out)
+
+
+def test_replacing_a_bundle_swaps_it_whole(model_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(model_dir, tmp_path / "bundle")
+    with BundleWriter(out) as w:
+        for p in sorted(model_dir.iterdir()):
+            w.add_file(p)
+        w.add_text("note.txt", "second build")
+        w.write_manifest({"task": "text-generation"})
+        assert "note.txt" not in json.loads((out / MANIFEST).read_text())["files"]  # old one intact until commit
+        w.commit()
+    assert "note.txt" in json.loads((out / MANIFEST).read_text())["files"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # the previous bundle is gone, not hidden beside
+    assert verify_bundle(out)["ok"]
+
+
+def test_clean_stale_removes_leftovers_only(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    for name in (".b.tmp-1", ".b.work-2", ".b.old-3", ".bb.tmp-4", "b"):
+        (tmp_path / name).mkdir()
+    removed = {p.name for p in clean_stale(out)}
+    assert removed == {".b.tmp-1", ".b.work-2", ".b.old-3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bb.tmp-4", "b"]
 
 
 def test_archive_of_a_good_bundle_verifies_via_cli(model_dir: Path, tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgekit.cli.options import common_options, echo, emit_json
+from edgekit.cli.options import common_options, echo, emit_json, note
 
 
 @click.command()
@@ -37,8 +38,6 @@ def verify(bundle: Path, as_json: bool) -> None:
 def run(bundle: Path, prompt: str | None, max_new_tokens: int, temperature: float, top_k: int, seed: int,
         threads: int | None, as_json: bool) -> None:
     """Run a bundle: stream generated text, or print labels / embedding vectors."""
-    import json
-
     from edgekit.bundle import read_manifest, safe_extract
     from edgekit.errors import InputError
     from edgekit.runtime import Model
@@ -48,34 +47,65 @@ def run(bundle: Path, prompt: str | None, max_new_tokens: int, temperature: floa
         if not folder.is_dir():
             raise InputError(f"no such bundle: {bundle}")
         manifest = read_manifest(folder)
+        if manifest.get("gate_passed") is False:
+            note(f"warning: this bundle failed its gate ({', '.join(manifest.get('gate_failed') or []) or 'see gate.json'})")
         runtime = manifest.get("runtime") or {}
         model = Model(folder, threads=threads or int(runtime.get("threads", 1)), providers=runtime.get("providers"))
         text = prompt if prompt is not None else ("" if sys.stdin.isatty() else sys.stdin.read())
         if not text:
             raise InputError("give a PROMPT argument or text on stdin")
         if model.task == "text-generation":
-            pieces = []
-            for piece in model.stream(text, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed):
-                pieces.append(piece)
-                if not as_json:
-                    click.echo(piece, nl=False)
-                    sys.stdout.flush()
+            completion = _generate(model, text, max_new_tokens, temperature, top_k, seed, echo_pieces=not as_json)
             if as_json:
-                emit_json({"prompt": text, "completion": "".join(pieces)})
-            else:
-                click.echo()
+                emit_json({"prompt": text, "completion": completion})
             return
-        lines = [ln for ln in text.splitlines() if ln.strip()] or [text]
-        out = model.embed_or_classify(lines)
-        if model.task == "text-classification":
-            labels = model.labels(out)
-            if as_json:
-                emit_json([{"text": t, "label": lab, "logits": o.tolist()} for t, lab, o in zip(lines, labels, out, strict=True)])
-            else:
-                for t, lab in zip(lines, labels, strict=True):
-                    echo(f"{lab}\t{t}")
-        elif as_json:
-            emit_json([{"text": t, "embedding": o.tolist()} for t, o in zip(lines, out, strict=True)])
+        _encode(model, text, as_json)
+
+
+def _generate(model: Any, text: str, max_new_tokens: int, temperature: float, top_k: int, seed: int, *,
+              echo_pieces: bool) -> str:
+    """Greedy or sampled decoding with the KV cache, each piece printed as soon as its token exists."""
+    from edgekit.errors import InputError
+    from edgekit.runtime import Decoder
+
+    ids = model.encode(text)
+    if not ids:
+        raise InputError("the prompt tokenizes to nothing; give some text")
+    produced: list[int] = []
+    shown = ""
+
+    def on_token(tok: int) -> None:
+        nonlocal shown
+        produced.append(tok)
+        # Decode the whole continuation each time: one token can be half a UTF-8 character or a word piece.
+        full = model.tokenizer.decode(produced, skip_special_tokens=True)
+        if echo_pieces and full.startswith(shown):
+            click.echo(full[len(shown):], nl=False)
+            sys.stdout.flush()
+        shown = full
+
+    Decoder(model.session).generate(ids, max_new_tokens, eos=model.eos_ids, temperature=temperature, top_k=top_k,
+                                    seed=seed, on_token=on_token)
+    if echo_pieces:
+        click.echo()
+    return shown
+
+
+def _encode(model: Any, text: str, as_json: bool) -> None:
+    """One line of input = one item: labels for classification, L2-normalised vectors for embeddings."""
+    import json
+
+    lines = [ln for ln in text.splitlines() if ln.strip()] or [text]
+    out = model.embed_or_classify(lines)
+    if model.task == "text-classification":
+        labels = model.labels(out)
+        if as_json:
+            emit_json([{"text": t, "label": lab, "logits": o.tolist()} for t, lab, o in zip(lines, labels, out, strict=True)])
         else:
-            for t, o in zip(lines, out, strict=True):
-                echo(f"{json.dumps([round(float(x), 5) for x in o])}\t{t}")
+            for t, lab in zip(lines, labels, strict=True):
+                echo(f"{lab}\t{t}")
+    elif as_json:
+        emit_json([{"text": t, "embedding": o.tolist()} for t, o in zip(lines, out, strict=True)])
+    else:
+        for t, o in zip(lines, out, strict=True):
+            echo(f"{json.dumps([round(float(x), 5) for x in o])}\t{t}")
