@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InputError
 from edgekit.specs import Profile
 from edgekit.util import exclusive, peak_rss_mb
 
@@ -64,41 +64,86 @@ class BuildResult:
 
 
 class _Stages:
-    def __init__(self) -> None:
+    """Runs named stages under the progress display and records each one's time and peak RSS for build.json."""
+
+    def __init__(self, previous: dict[str, float] | None = None) -> None:
         self.records: list[dict[str, Any]] = []
+        self.plan: list[str] = ["source"]
+        self.previous = previous or {}
 
     @contextmanager
     def run(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        index = self.plan.index(name) + 1 if name in self.plan else len(self.records) + 1
+        label = f"[{index}/{len(self.plan)}] {name}" if len(self.plan) > 1 else name
         try:
-            with progress.stage(name):
+            with progress.stage(label) as st:
+                if name in self.previous:  # the last build into OUT is the best ETA there is
+                    st.set_info(f"(last build: {self.previous[name]:.0f} s)")
                 yield
         except EdgekitError as exc:
-            self.records.append({"stage": name, "ok": False, "seconds": round(time.perf_counter() - t0, 2)})
-            raise type(exc)(f"build stage '{name}' failed: {exc.message}", hint=exc.hint or STAGE_HINTS.get(name)) from exc
-        self.records.append({"stage": name, "ok": True, "seconds": round(time.perf_counter() - t0, 2),
-                             "peak_rss_mb": round(peak_rss_mb(), 1)})
+            self._record(name, t0, ok=False)
+            exc.message = f"build stage '{name}' failed: {exc.message}"
+            exc.hint = exc.hint or STAGE_HINTS.get(name)
+            raise
+        except Exception as exc:
+            self._record(name, t0, ok=False)
+            raise RuntimeError(f"build stage '{name}' failed unexpectedly: {type(exc).__name__}: {exc}") from exc
+        self._record(name, t0, ok=True)
+
+    def _record(self, name: str, t0: float, *, ok: bool) -> None:
+        import resource
+
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # bench measures in subprocesses
+        self.records.append({"stage": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2),
+                             "peak_rss_mb": round(peak_rss_mb(), 1), "children_peak_rss_mb": round(children, 1)})
 
     def call(self, name: str, fn: Callable[[], T]) -> T:
         with self.run(name):
             return fn()
 
 
+def _previous_timings(out: Path) -> dict[str, float]:
+    try:
+        stages = json.loads((out / "build.json").read_text())["stages"]
+        return {str(s["stage"]): float(s["seconds"]) for s in stages}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _plan(method: str, then: str | None) -> list[str]:
+    quant = then if method == "distill" else method
+    return ["source", *(["distill"] if method == "distill" else []), "export",
+            *([] if quant in (None, "fp32") else ["compress"]), "bench", "gate", "bundle"]
+
+
 def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOptions | None = None) -> BuildResult:
-    """Run the whole pipeline and write the bundle at `out` (even when the gate fails; gate.json says so)."""
+    """Run the whole pipeline and write the bundle at `out`.
+
+    The bundle is written even when the gate fails — gate.json and the manifest's `gate_passed: false` say so,
+    and the CLI exits 1 — because the failing report is what the user needs to choose the next method.
+    """
+    from edgekit.bundle import clean_stale
     from edgekit.catalog import check_method, load_target
     from edgekit.source import load_source
 
     opts = options or BuildOptions()
     out = Path(out)
     target = load_target(profile.target)
-    stages = _Stages()
+    if opts.method is not None:
+        check_method(opts.method, target, where="--method")
+    if opts.then is not None and opts.method != "distill":
+        raise InputError("--then only applies with --method distill (it quantizes the student)")
+    stages = _Stages(_previous_timings(out))
     with exclusive(out):
+        for stale in clean_stale(out):
+            log.info("removed %s left by an interrupted build", stale)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
         try:
             source = stages.call("source", lambda: load_source(source_spec, trust_remote_code=opts.trust_remote_code))
             method = opts.method or profile.method_for(source.task)
-            check_method(method, target, where="--method")
+            check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
+            stages.plan = _plan(method, opts.then)
             variant, model_source, extra = _make_variant(stages, source, method, target, work, opts)
             report = stages.call("bench", lambda: _bench(variant, source, profile, opts))
             report.update(extra)
@@ -148,44 +193,14 @@ def _bench(variant: OnnxArtifact, source: Any, profile: Profile, opts: BuildOpti
 def _write(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], result: Any, profile: Profile,
            target: Any, method: str, out: Path, opts: BuildOptions, stages: list[dict[str, Any]],
            extra_files: dict[str, Path] | None = None) -> Path:
-    from edgekit.bench import write_report
-    from edgekit.bundle import BundleWriter
+    """The bundle, with build.json (every stage so far; the bundle stage itself is timed by the caller)."""
+    from edgekit.bundle import write_bundle
 
-    with BundleWriter(out) as writer:
-        for path in [*variant.model_files, *variant.side_files()]:
-            writer.add_file(path)
-        assert writer.tmp is not None
-        write_report(report, writer.tmp)
-        writer.add_json("gate.json", result.to_dict())
-        writer.add_json("build.json", {"schema": "edgekit/build@1", "stages": stages, "command": opts.command})
-        for name, path in (extra_files or {}).items():
-            writer.add_file(path, name)
-        writer.write_manifest(_manifest(variant, model_source, report, result, profile, target, method, opts))
-        return writer.commit(archive=opts.archive)
-
-
-def _manifest(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], result: Any, profile: Profile,
-              target: Any, method: str, opts: BuildOptions) -> dict[str, Any]:
-    import onnxruntime as ort
-
-    major, minor = ort.__version__.split(".")[:2]
-    gen_path = variant.path / "generation_config.json"
-    return {
-        "task": variant.task,
-        "method": method,
-        "settings": variant.meta.get("settings", {}),
-        "source": report.get("source") or model_source.fingerprint,
-        "target": target.name,
-        "profile": {"name": profile.name, "device": profile.device.model_dump(), "workload": profile.workload.model_dump()},
-        "gate_passed": bool(result.passed),
-        "runtime": {
-            "onnxruntime": f">={major}.{minor},<{int(major) + 1}",
-            "providers": list(target.execution_providers),
-            "threads": profile.workload.threads,
-            "session_options": {"intra_op_num_threads": profile.workload.threads, "graph_optimization_level": "all"},
-        },
-        "io": variant.meta.get("io") or (variant.meta.get("export") or {}).get("io"),
-        "generation_config": json.loads(gen_path.read_text()) if gen_path.is_file() else None,
-        "edgekit_version": __version__,
-        "command": opts.command,
-    }
+    settings = {"method": method, "then": opts.then, "target": target.name, "profile": profile.name,
+                "eval_data": str(opts.eval_data) if opts.eval_data else None, "bench": opts.bench,
+                "distill": opts.distill if method == "distill" else None}
+    build_record = {"schema": "edgekit/build@1", "edgekit_version": __version__, "command": opts.command,
+                    "settings": settings, "stages": stages}
+    return write_bundle(variant, report, result, out, command=opts.command, archive=opts.archive,
+                        method=method if method != "distill" else f"distill+{opts.then or 'fp32'}",
+                        build=build_record, extra_files=extra_files)

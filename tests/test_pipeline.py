@@ -12,7 +12,14 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 
+# Short bench settings: these tests check the pipeline's plumbing, not the numbers.
 FAST = ("--eval-tokens", "48", "--max-time", "0.5")
+
+
+def _has_compress() -> bool:
+    import edgekit.compress
+
+    return hasattr(edgekit.compress, "compress") or (REPO / "edgekit" / "compress" / "quantize.py").is_file()
 
 
 def _impossible_profile(tmp_path: Path) -> Path:
@@ -22,56 +29,72 @@ def _impossible_profile(tmp_path: Path) -> Path:
     return path
 
 
+def _spawn_build(src: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    return subprocess.Popen([sys.executable, "-m", "edgekit", "build", str(src), "--profile", "local", "--method",
+                             "fp32", "-o", str(out), *FAST, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
 def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bundle"
-    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--method", "fp32", "-o", str(out),
-                  "--archive", "--json", *FAST)
-    assert res.returncode == 0, res.stderr
-    summary = json.loads(res.stdout)
+    first = _spawn_build(tiny_model("llama"), out, "--archive", "--json")
+    time.sleep(1.5)
+    # A second build into the same OUT is refused at once instead of racing the first.
+    second = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--method", "fp32", "-o", str(out), *FAST)
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert second.returncode == 2 and "another edgekit process is writing" in second.stderr
+
+    summary = json.loads(stdout)  # --json: nothing but the summary on stdout
     assert summary["passed"] and [s["stage"] for s in summary["stages"]] == ["source", "export", "bench", "gate", "bundle"]
     manifest = json.loads((out / "edgekit.json").read_text())
-    assert manifest["method"] == "fp32" and manifest["gate_passed"] is True
+    assert manifest["schema"] == "edgekit/bundle@1" and manifest["method"] == "fp32" and manifest["gate_passed"] is True
     assert manifest["command"].startswith("edgekit build ") and "--method fp32" in manifest["command"]
     assert manifest["source"]["sha256"] and manifest["runtime"]["onnxruntime"].startswith(">=")
-    for name in ("model.onnx", "tokenizer.json", "report.json", "report.md", "gate.json", "build.json"):
+    assert manifest["runtime"]["threads"] == 1 and manifest["target"] == "x86-avx2"
+    assert {i["name"] for i in manifest["io"]["inputs"]} >= {"input_ids", "attention_mask"}
+    for name in ("model.onnx", "tokenizer.json", "config.json", "report.json", "report.md", "gate.json", "build.json"):
         assert name in manifest["files"], name
-    assert (tmp_path / "bundle.tar.gz").is_file()
+    record = json.loads((out / "build.json").read_text())
+    assert [s["stage"] for s in record["stages"]] == ["source", "export", "bench", "gate"]
+    assert all(s["ok"] and s["seconds"] >= 0 and s["peak_rss_mb"] > 0 for s in record["stages"])
+    assert json.loads((out / "report.json").read_text())["gate"]["passed"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.tar.gz"]  # work dirs removed
     assert run_cli("verify", str(out)).returncode == 0
     assert run_cli("verify", str(tmp_path / "bundle.tar.gz")).returncode == 0
 
 
-def test_build_embeddings(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_impossible_budget_exits_1_naming_rule(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "emb"
-    res = run_cli("build", str(tiny_model("bert-emb")), "--profile", "local", "--method", "fp32", "-o", str(out), *FAST)
-    assert res.returncode == 0, res.stderr
+    res = run_cli("build", str(tiny_model("bert-emb")), "--profile", str(_impossible_profile(tmp_path)),
+                  "--method", "fp32", "-o", str(out), *FAST)
+    assert res.returncode == 1, res.stderr
+    assert "budgets.model_size_mb" in res.stderr and "Traceback" not in res.stderr
+    rule_rows = res.stdout.split("\nstatus")[1].splitlines()[2:]  # the gate table, after its header and rule line
+    assert rule_rows[0].startswith("FAIL") and "budgets.model_size_mb" in rule_rows[0]  # failing rule first
     gate = json.loads((out / "gate.json").read_text())
     statuses = {r["name"]: r["status"] for r in gate["rules"]}
+    assert gate["passed"] is False and gate["failed"] == ["budgets.model_size_mb"]
     assert statuses["fidelity.cosine_min"] == "pass" and statuses["fidelity.top1_agreement_min"] == "n/a"
+    # The failing bundle is still written (the report is what the user needs next), and marked failed.
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert manifest["gate_passed"] is False and manifest["gate_failed"] == ["budgets.model_size_mb"]
+    assert run_cli("verify", str(out)).returncode == 0
 
 
-def test_impossible_budget_exits_1_naming_rule(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "b"
-    res = run_cli("build", str(tiny_model("llama")), "--profile", str(_impossible_profile(tmp_path)), "--method", "fp32",
-                  "-o", str(out), *FAST)
-    assert res.returncode == 1
-    assert "budgets.model_size_mb" in res.stderr and "Traceback" not in res.stderr
-    lines = res.stdout.splitlines()
-    header = next(i for i, ln in enumerate(lines) if ln.startswith("status"))
-    assert lines[header + 2].startswith("FAIL")  # failing rule first in the table
-    assert json.loads((out / "edgekit.json").read_text())["gate_passed"] is False
-
-
-def test_unsupported_method_for_target(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_method_choices_exit_2_before_any_work(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--method", "fp16", "-o", str(tmp_path / "b"))
-    assert res.returncode == 2 and "fp16" in res.stderr and not (tmp_path / "b").exists()
+    assert res.returncode == 2 and "fp16" in res.stderr
+    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--then", "int8-weight", "-o", str(tmp_path / "b"))
+    assert res.returncode == 2 and "--then" in res.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
-def _spawn_build(src: Path, out: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
-    return subprocess.Popen([sys.executable, "-m", "edgekit", "build", str(src), "--profile", "local", "--method",
-                             "fp32", "-o", str(out), *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+def test_failing_stage_names_itself(tmp_path: Path) -> None:
+    res = run_cli("build", str(tmp_path / "no-such-model"), "--profile", "local", "-o", str(tmp_path / "b"))
+    assert res.returncode == 2 and "build stage 'source' failed" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_sigkill_mid_build_leaves_no_bundle(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -82,6 +105,7 @@ def test_sigkill_mid_build_leaves_no_bundle(tiny_model, tmp_path: Path) -> None:
     proc.wait()
     assert not out.exists()
     assert not any((p / "edgekit.json").exists() for p in tmp_path.iterdir())
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # only hidden temp folders, cleaned by the next build
 
 
 def test_sigint_mid_build_is_clean(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -94,15 +118,15 @@ def test_sigint_mid_build_is_clean(tiny_model, tmp_path: Path) -> None:  # type:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_two_builds_to_one_output(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "b"
-    first = _spawn_build(tiny_model("llama"), out)
-    time.sleep(1.5)
-    second = _spawn_build(tiny_model("llama"), out)
-    _, err2 = second.communicate(timeout=300)
-    _, err1 = first.communicate(timeout=300)
-    assert first.returncode == 0, err1
-    assert second.returncode == 2 and "another edgekit process is writing" in err2
+@pytest.mark.skipif(not _has_compress(), reason="edgekit.compress has not landed yet")
+def test_build_default_method_compresses(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "q"
+    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), "--json", *FAST)
+    summary = json.loads(res.stdout)
+    assert [s["stage"] for s in summary["stages"]] == ["source", "export", "compress", "bench", "gate", "bundle"]
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert manifest["method"] == "int8-weight"  # profile local's default
+    assert res.returncode == (0 if summary["passed"] else 1)
     assert run_cli("verify", str(out)).returncode == 0
 
 
@@ -113,3 +137,19 @@ def test_make_demo_build_smollm2_pi5(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     run = run_cli("run", str(out), "The capital of France is", "--max-new-tokens", "12")
     assert "Paris" in run.stdout
+    assert run_cli("verify", str(out)).returncode == 0
+    model = out / "model.onnx"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    model.write_bytes(bytes(raw))
+    res = run_cli("verify", str(out))
+    assert res.returncode == 1 and "model.onnx" in res.stderr
+
+
+@pytest.mark.slow
+def test_build_minilm_x86_laptop(tmp_path: Path) -> None:
+    out = tmp_path / "minilm"
+    res = run_cli("build", "example:minilm-l6", "--profile", "x86-laptop", "-o", str(out), "--json", timeout=1800)
+    assert res.returncode in (0, 1), res.stderr
+    gate = json.loads((out / "gate.json").read_text())
+    assert {r["name"]: r["status"] for r in gate["rules"]}["fidelity.cosine_min"] in ("pass", "FAIL")

@@ -52,9 +52,10 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
         emit_json({"bundle": str(result.bundle), "passed": result.passed, "gate": result.gate.to_dict(),
                    "stages": result.stages})
     else:
-        echo(table([(s["stage"], s["seconds"], s.get("peak_rss_mb")) for s in result.stages],
-                   ["stage", "seconds", "peak RSS MB"]))
+        echo(table([(s["stage"], s["seconds"], s.get("peak_rss_mb"), s.get("children_peak_rss_mb"))
+                    for s in result.stages], ["stage", "seconds", "peak RSS MB", "subprocess peak RSS MB"]))
         echo()
         print_gate(result.gate)
-        echo(f"bundle: {result.bundle}{' (+ .tar.gz)' if archive else ''}")
+        mark = "" if result.passed else " — marked FAILED (gate.json, edgekit.json gate_passed: false)"
+        echo(f"bundle: {result.bundle}{' (+ .tar.gz)' if archive else ''}{mark}")
     finish_gate(result.gate)
