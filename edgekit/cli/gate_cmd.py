@@ -58,7 +58,7 @@ def finish_gate(result: Any) -> None:
     from edgekit.errors import GateFailed
 
     if not result.passed:
-        worst = result.failed[0]
+        worst = next(r for r in result.ordered() if r.passed is False)  # the first row of the printed table
         raise GateFailed(f"gate failed for profile '{result.profile}': {worst.describe()}"
                          + (f" (+{len(result.failed) - 1} more)" if len(result.failed) > 1 else ""))
 
