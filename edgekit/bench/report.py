@@ -64,12 +64,19 @@ def _perf_rows(perf: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _runs_line(perf: dict[str, Any]) -> str:
+    runs = perf.get("runs") or {}
+    parts = [f"{who}: {r['runs']} runs ({r['stopped']}), {r['threads']} thread(s)" for who, r in runs.items()]
+    mode = "interleaved run by run, each engine in its own process" if all(r.get("interleaved") for r in runs.values()) else ""
+    return f"Timing: {'; '.join(parts)}{'; ' + mode if mode else ''}; p50 is the value."
+
+
 def _fidelity_rows(fid: dict[str, Any]) -> list[str]:
     rows = ["| metric | value | 95 % CI | n |", "|---|---|---|---|"]
     for name in FIDELITY_ORDER:
         m = fid.get(name)
         if m:
-            rows.append(f"| {name} | {m['value']:.4f} | [{m['ci95_low']:.4f}, {m['ci95_high']:.4f}] | {m['n']} |")
+            rows.append(f"| {name} | {_num(m['value'])} | [{_num(m['ci95_low'])}, {_num(m['ci95_high'])}] | {m['n']} |")
     return rows
 
 
@@ -89,6 +96,8 @@ def to_markdown(report: dict[str, Any], *, png_name: str | None = None) -> str:
         "## Performance",
         "",
         *_perf_rows(perf),
+        "",
+        _runs_line(perf),
         "",
     ]
     if perf.get("device"):

@@ -1,0 +1,41 @@
+"""Roofline estimate maths: memory-bound decode scales with bandwidth, compute-bound prefill with peak FLOPs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edgekit.bench.roofline import estimate_device, kv_bytes_per_position, roof_time, work
+from edgekit.catalog import load_profile
+
+LLAMA_CFG = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
+
+
+def _measured() -> dict[str, dict[str, Any]]:
+    return {name: {"value": v, "unit": u, "p50": v, "p95": v * 1.1}
+            for name, v, u in (("decode_tokens_per_s", 60.0, "tokens/s"), ("per_token_ms", 16.0, "ms"),
+                               ("ttft_ms", 150.0, "ms"), ("prefill_tokens_per_s", 400.0, "tokens/s"))}
+
+
+def test_kv_bytes_and_work() -> None:
+    assert kv_bytes_per_position(LLAMA_CFG) == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 46 KB per position
+    profile = load_profile("raspberry-pi-5")
+    units = work("text-generation", 265e6, 135e6, LLAMA_CFG, profile.workload)
+    assert units["decode"][1] == 2 * 135e6 and units["prefill"][1] == 2 * 135e6 * profile.workload.prompt_tokens
+    assert units["decode"][0] > 265e6  # weights plus the KV cache read
+
+
+def test_device_estimate_scales_by_roofline_ratio() -> None:
+    profile = load_profile("raspberry-pi-5")
+    dev = profile.device
+    host = {"memory_bandwidth_gbps": 2 * dev.memory_bandwidth_gbps, "peak_gflops_fp32": dev.peak_gflops_fp32}
+    out = estimate_device(_measured(), "text-generation", "int8-weight", 265e6, 135e6, LLAMA_CFG, profile, host)
+    # Decode is memory-bound on both: half the bandwidth → half the tokens/s, twice the per-token time.
+    assert out["decode_tokens_per_s"]["value"] == pytest.approx(30.0, rel=1e-3)
+    assert out["per_token_ms"]["value"] == pytest.approx(32.0, rel=1e-3)
+    assert out["per_token_ms"]["p95"] == pytest.approx(2 * 16.0 * 1.1, rel=1e-3)
+    # Prefill of 64 tokens is compute-bound and the peaks are equal: unchanged.
+    assert out["ttft_ms"]["value"] == pytest.approx(150.0, rel=1e-3)
+    assert all(m["estimated"] is True and m["basis"] == "roofline" for m in out.values())
+    assert roof_time(1e9, 1e9, 10, 1000) == pytest.approx(0.1)
