@@ -29,6 +29,7 @@ def test_kv_bytes_and_work() -> None:
 def test_device_estimate_scales_by_roofline_ratio() -> None:
     profile = load_profile("raspberry-pi-5")
     dev = profile.device
+    assert dev.memory_bandwidth_gbps and dev.peak_gflops_fp32
     host = {"memory_bandwidth_gbps": 2 * dev.memory_bandwidth_gbps, "peak_gflops_fp32": dev.peak_gflops_fp32}
     out = estimate_device(_measured(), "text-generation", "int8-weight", 265e6, 135e6, LLAMA_CFG, profile, host)
     # Decode is memory-bound on both: half the bandwidth → half the tokens/s, twice the per-token time.
