@@ -104,9 +104,11 @@ class RuleResult:
         if self.value is None:
             hint = MISSING_HINTS.get(self.metric, "re-run `edgekit bench`")
             return f"{self.name}: MISSING — the report has no {self.metric} ({hint}); threshold {op} {self.threshold:.4g}"
+        unit = f" {self.unit}" if self.unit else ""
         est = " (estimated)" if self.estimated else ""
-        return (f"{self.name}: {self.value:.4g} {self.unit} {op} {self.threshold:.4g}{est} — {self.status}, "
-                f"margin {self.margin:+.4g} ({self.margin_pct:+.1f}%)")
+        pct = "" if self.margin_pct is None else f" ({self.margin_pct:+.1f}%)"
+        return (f"{self.name}: {self.value:.4g}{unit}{est}, must be {op} {self.threshold:.4g}{unit} — {self.status}, "
+                f"margin {self.margin:+.4g}{unit}{pct}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
