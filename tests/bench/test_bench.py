@@ -126,3 +126,21 @@ def test_stability_needs_min_runs_and_a_calm_p95() -> None:
     assert track.stable
     track.add(5.0)  # an outlier moves the p95
     assert not track.stable
+
+
+def test_missing_provider_falls_back_to_cpu_with_a_warning(tiny_onnx) -> None:  # type: ignore[no-untyped-def]
+    from edgekit.artifact import OnnxArtifact
+    from edgekit.bench.core import _providers
+
+    art = tiny_onnx("llama")
+    on_cuda = OnnxArtifact(art.path, art.task, {**art.meta, "target": "cuda"})
+    warnings: list[str] = []
+    assert _providers(on_cuda, load_profile("local"), ["CPUExecutionProvider"], warnings) == ["CPUExecutionProvider"]
+    assert warnings and "CUDAExecutionProvider not available" in warnings[0]
+
+
+def test_human_summary_lists_both_engines(llama_report: dict[str, Any]) -> None:
+    from edgekit.cli.bench_cmd import summary_table
+
+    text = summary_table(llama_report)
+    assert "decode_tokens_per_s (tokens/s)" in text and "kld_mean" in text and "speedup" in text
