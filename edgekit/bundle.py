@@ -291,5 +291,7 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
         manifest = read_manifest(folder)
         check_files(folder, manifest)
         run = smoke_test(folder)
+    # Integrity, not fitness: a bundle that failed its gate verifies, and says that it failed.
     return {"bundle": str(path), "ok": True, "files": len(manifest["files"]), "inference": run,
-            "method": manifest.get("method"), "profile": (manifest.get("profile") or {}).get("name")}
+            "method": manifest.get("method"), "profile": (manifest.get("profile") or {}).get("name"),
+            "gate_passed": manifest.get("gate_passed"), "gate_failed": manifest.get("gate_failed") or []}
