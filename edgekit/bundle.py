@@ -169,7 +169,7 @@ def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, co
     return {
         "task": artifact.task,
         "method": method or artifact.method,
-        "settings": record.get("settings") or record.get("options") or {},
+        "settings": _settings(record),
         "source": report.get("source") or record.get("source"),
         "distill": report.get("distill"),
         "target": target.name,
@@ -190,6 +190,14 @@ def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, co
         "generation_config": json.loads(gen_path.read_text()) if gen_path.is_file() else None,
         "command": command,
     }
+
+
+def _settings(record: dict[str, Any]) -> dict[str, Any]:
+    """What was done to get this graph: the compress settings (+ calibration, fallback) and the export's."""
+    export = record.get("export") or record
+    out = {k: record[k] for k in ("settings", "calibration", "fallback") if record.get(k) is not None}
+    out["export"] = {k: export[k] for k in ("optimization", "versions", "external_data") if k in export}
+    return out
 
 
 def write_bundle(artifact: Any, report: dict[str, Any], gate_result: Any, out: Path | str, *, command: str,
