@@ -1,0 +1,108 @@
+"""Quick post-quantization checks: does the variant still agree with its fp32 parent, and is it any faster?
+
+Not the bench: a few calibration sequences and a handful of timed forwards on this host, enough to catch
+a collapsed model (dynamic int8 on SmolLM2: top-1 0.00) or a variant that is slower than fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TOP1_FLOOR = 0.9
+COSINE_FLOOR = 0.99
+SLOWER_MARGIN = 1.05
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def decoder_agreement(parent: Any, variant: Any, seqs: list[list[int]]) -> dict[str, float]:
+    """Top-1 agreement and mean KL(parent || variant) over every position of `seqs` (full forward, empty past)."""
+    from edgekit.runtime import Decoder
+
+    ref, var = Decoder(parent), Decoder(variant)
+    agree, kld, n = 0, 0.0, 0
+    for seq in seqs:
+        a, b = ref.logits(seq), var.logits(seq)
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        lp, lq = _log_softmax(a), _log_softmax(b)
+        kld += float((np.exp(lp) * (lp - lq)).sum())
+        n += len(seq)
+    return {"top1_agreement": round(agree / max(n, 1), 4), "kld_mean": round(kld / max(n, 1), 6), "tokens": n}
+
+
+def encoder_agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]]) -> dict[str, float]:
+    """Cosine of pooled embeddings (feature extraction) or label agreement (classification)."""
+    from edgekit.runtime import Encoder
+
+    ref, var = Encoder(parent, task), Encoder(variant, task)
+    values = []
+    for seq in seqs:
+        ids = np.asarray(seq, dtype=np.int64)[None, :]
+        a, b = ref.run(ids, np.ones_like(ids)), var.run(ids, np.ones_like(ids))
+        if task == "text-classification":
+            values.append(float(a.argmax(-1)[0] == b.argmax(-1)[0]))
+        else:
+            values.append(float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
+    key = "agreement" if task == "text-classification" else "cosine_mean"
+    return {key: round(float(np.mean(values)), 4) if values else 0.0, "samples": len(values)}
+
+
+def agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]]) -> dict[str, Any]:
+    """The quick accuracy check; adds `warning` when the variant falls under the floor."""
+    if task == "text-generation":
+        out: dict[str, Any] = decoder_agreement(parent, variant, seqs)
+        value, floor, key = out["top1_agreement"], TOP1_FLOOR, "top1_agreement"
+    else:
+        out = encoder_agreement(parent, variant, task, seqs)
+        key = "agreement" if task == "text-classification" else "cosine_mean"
+        value, floor = out[key], (TOP1_FLOOR if task == "text-classification" else COSINE_FLOOR)
+    out["floor"] = floor
+    if value < floor:
+        out["warning"] = (f"{key} vs the fp32 parent is {value:.3f} (< {floor}): this variant changes the model's "
+                          "answers; try a weight-only method (int8-weight, int4-hqq) or --max-top1-drop")
+    return out
+
+
+def primary(check: dict[str, Any]) -> float:
+    for key in ("top1_agreement", "cosine_mean", "agreement"):
+        if key in check:
+            return float(check[key])
+    return 0.0
+
+
+def _time_forward(session: Any, feed: dict[str, np.ndarray], runs: int) -> float:
+    session.run(None, feed)  # warm-up: first run allocates and packs weights
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000
+
+
+def speed(parent: Any, variant: Any, feeds: list[dict[str, np.ndarray]], runs: int = 5) -> dict[str, Any]:
+    """Median forward time of parent and variant on the same feeds: a prefill and (decoders) a decode step."""
+    out: dict[str, Any] = {"runs": runs, "cases": {}}
+    slower = []
+    for i, feed in enumerate(feeds[:2]):
+        case = "decode" if i == 1 else "prefill"
+        if feed["input_ids"].shape[1] == 1:
+            case = "decode"
+        p, v = _time_forward(parent, feed, runs), _time_forward(variant, feed, runs)
+        out["cases"][case] = {"fp32_ms": round(p, 3), "variant_ms": round(v, 3), "speedup": round(p / max(v, 1e-9), 3)}
+        if v > p * SLOWER_MARGIN:
+            slower.append(case)
+    if slower:
+        out["warning"] = (f"the variant is slower than fp32 on this host ({', '.join(slower)}); "
+                          "bench it before shipping")
+    return out

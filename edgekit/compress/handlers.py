@@ -1,0 +1,204 @@
+"""One handler per spec type: ModelProto in, quantized ModelProto out, all through onnxruntime's quantizers.
+
+`plan.exclude` holds node names that stay float (keep-fp, fallback); handlers never decide that themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.compress.specs import DynamicInt8Spec, Fp16Spec, MethodSpec, StaticInt8Spec, WeightOnlySpec
+from edgekit.errors import CompressError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    work: Path
+    exclude: set[str] = field(default_factory=set)
+    lm_head: str | None = None
+    embedding: str | None = None
+    gathers: list[str] = field(default_factory=list)
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    # quantize_static and its preprocessing drop temp files in the working directory.
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _save(model: Any, path: Path) -> Path:
+    import onnx
+
+    big = model.ByteSize() > 1_500_000_000 if model.ByteSize() >= 0 else True
+    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+    return path
+
+
+def _nbits(model: Any, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> Any:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    class Quantizer(MatMulNBitsQuantizer):  # type: ignore[misc]
+        # onnxruntime's GPTQ path ignores nodes_to_exclude; its node config understands "fp32" = skip.
+        def _generate_q4_node_config(self) -> dict[str, Any]:
+            cfg: dict[str, Any] = super()._generate_q4_node_config()
+            for name in self.nodes_to_exclude:
+                if name in cfg:
+                    cfg[name] = "fp32"
+            return cfg
+
+    q = Quantizer(model, bits=bits, block_size=spec.block_size, is_symmetric=spec.symmetric,
+                  accuracy_level=spec.accuracy_level, nodes_to_exclude=sorted(exclude), algo_config=algo_config)
+    q.process()
+    return q.model.model
+
+
+def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
+    """MatMulNBits for every weight MatMul; the lm_head at `lm_head_bits`; the embedding Gather at `embed_bits`."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        GPTQWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+    )
+
+    head_bits = spec.bits if spec.lm_head_bits is None else spec.lm_head_bits
+    main_exclude = set(plan.exclude)
+    if plan.lm_head and head_bits != spec.bits:
+        main_exclude.add(plan.lm_head)
+    if spec.algo == "hqq":
+        cfg: Any = HQQWeightOnlyQuantConfig(block_size=spec.block_size, bits=spec.bits)
+    elif spec.algo == "gptq":
+        from edgekit.compress.calibration import make_reader
+
+        if not plan.feeds:
+            raise CompressError("int4-gptq needs calibration text and got none")
+        cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=make_reader(plan.feeds))
+    else:
+        cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric,
+                                           accuracy_level=spec.accuracy_level, bits=spec.bits)
+    model = _nbits(model, cfg, spec, main_exclude, spec.bits)
+    if plan.lm_head and head_bits not in (0, spec.bits) and plan.lm_head not in plan.exclude:
+        head_cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=True,
+                                                accuracy_level=spec.accuracy_level, bits=head_bits)
+        model = _nbits(model, head_cfg, spec, set(plan.exclude), head_bits)
+    if spec.embed_bits and plan.embedding and plan.embedding not in plan.exclude:
+        model = _embedding(model, spec, plan)
+    return model
+
+
+def _embedding(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
+    """4-bit GatherBlockQuantized for the token embedding (onnxruntime's Gather quantizer has no 8-bit)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
+
+    cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric, bits=4,
+                                       op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
+    others = {g for g in plan.gathers if g != plan.embedding}
+    # Constant-index Gathers on shape tensors must not be touched: exclude every Gather but the embedding.
+    others |= {n.name for n in model.graph.node if n.op_type == "Gather" and n.name != plan.embedding}
+    return _nbits(model, cfg, spec, others | plan.exclude, 4)
+
+
+def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = _save(model, plan.work / "dyn_in.onnx"), plan.work / "dyn_out.onnx"
+    with _cwd(plan.work):
+        quantize_dynamic(src, dst, op_types_to_quantize=list(spec.op_types), per_channel=spec.per_channel,
+                         reduce_range=spec.reduce_range, weight_type=_qtype(QuantType, spec.weight_type),
+                         nodes_to_exclude=sorted(plan.exclude), extra_options=_extra())
+    return onnx.load(str(dst))
+
+
+def static_int8(spec: StaticInt8Spec, model: Any, plan: Plan) -> Any:
+    """QDQ static int8 after onnxruntime's recommended preprocessing (shape inference + optimization)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgekit.compress.calibration import make_reader
+
+    if not plan.feeds:
+        raise CompressError("int8-static needs calibration text and got none")
+    src, pre, dst = _save(model, plan.work / "st_in.onnx"), plan.work / "st_pre.onnx", plan.work / "st_out.onnx"
+    with _cwd(plan.work):
+        pre = _preprocess(src, pre, plan)
+        quantize_static(str(pre), str(dst), make_reader(plan.feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(spec.op_types), per_channel=spec.per_channel,
+                        reduce_range=spec.reduce_range, activation_type=_qtype(QuantType, spec.activation_type),
+                        weight_type=_qtype(QuantType, spec.weight_type), nodes_to_exclude=sorted(plan.exclude),
+                        calibrate_method=CalibrationMethod.MinMax, extra_options=_extra())
+    return onnx.load(str(dst))
+
+
+def _preprocess(src: Path, dst: Path, plan: Plan) -> Path:
+    """onnxruntime's recommended pre-quantization pass; symbolic shape inference does not know every
+    contrib op of an optimized graph, so fall back to ONNX shape inference, then to the graph as is."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic, skip_optimization=False)
+            plan.notes.append(f"preprocessed (symbolic shape inference: {'off' if skip_symbolic else 'on'})")
+            return dst
+        except Exception as exc:
+            last = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            log.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, last)
+    plan.notes.append(f"quant_pre_process failed, quantizing without it: {last}")
+    return src
+
+
+def _extra() -> dict[str, Any]:
+    from onnx import TensorProto
+
+    # Contrib ops of the optimized graph (SimplifiedLayerNormalization, ...) defeat type inference: outputs
+    # with unknown types are float here.
+    return {"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT}
+
+
+def fp16(spec: Fp16Spec, model: Any, plan: Plan) -> Any:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=spec.keep_io_types,
+                                    node_block_list=sorted(plan.exclude) or None)
+
+
+def _qtype(enum: Any, name: str) -> Any:
+    return enum.QInt8 if name == "qint8" else enum.QUInt8
+
+
+HANDLERS: dict[type[MethodSpec], Callable[[Any, Any, Plan], Any]] = {
+    WeightOnlySpec: weight_only,
+    DynamicInt8Spec: dynamic_int8,
+    StaticInt8Spec: static_int8,
+    Fp16Spec: fp16,
+}
+
+
+def run_handler(spec: MethodSpec, model: Any, plan: Plan) -> Any:
+    handler = HANDLERS.get(type(spec))
+    if handler is None:
+        raise CompressError(f"no quantizer for spec {type(spec).__name__}")
+    try:
+        return handler(spec, model, plan)
+    except CompressError:
+        raise
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CompressError(f"{spec.method} failed in onnxruntime's quantizer: {first}") from exc

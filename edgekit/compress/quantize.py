@@ -1,0 +1,248 @@
+"""compress(artifact, method, target, out): quantize an exported fp32 ONNX folder for a target.
+
+Flow: plan (which nodes, what stays float) → handler (onnxruntime's quantizer) → quick checks against the
+fp32 parent (top-1 / cosine, speed) → optional accuracy-aware fallback (`max_top1_drop`) → atomic write of
+the same folder layout plus `compress.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekit import progress
+from edgekit.artifact import MODEL_FILE, OnnxArtifact
+from edgekit.compress import checks, graph
+from edgekit.compress.handlers import Plan, run_handler
+from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
+from edgekit.errors import InputError, UnsupportedError
+from edgekit.specs import Target
+from edgekit.util import atomic_dir, peak_rss_mb
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgekit/compress@1"
+FALLBACK_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, out: Path | str, *,
+             calibration: Path | str | None = None, calibration_samples: int = 16,
+             max_top1_drop: float | None = None, checks_enabled: bool = True, **overrides: Any) -> OnnxArtifact:
+    """Quantize `artifact` with `method` for `target` into `out` (written atomically) and return the result."""
+    import onnx
+
+    from edgekit.catalog import check_method
+
+    t0 = time.perf_counter()
+    spec = method if isinstance(method, MethodSpec) else method_spec(method, target, **overrides)
+    check_method(spec.method, target)
+    if artifact.method != "fp32":
+        raise UnsupportedError(f"{artifact.path} is already {artifact.method}: compress the fp32 export instead")
+    if max_top1_drop is not None and not 0 <= max_top1_drop <= 1:
+        raise InputError(f"--max-top1-drop must be within 0..1, got {max_top1_drop}")
+    out = Path(out)
+    record = _base_record(artifact, spec, target)
+    parent = artifact.session()
+    seqs, feeds = _calibration(artifact, parent, calibration, calibration_samples, record)
+    with atomic_dir(out) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        base = onnx.load(str(artifact.model_file))
+        graph.ensure_names(base)
+        record["nodes"] = {"converted_gemm": graph.gemm_to_matmul(base) if spec.method != "fp16" else []}
+        plan = _plan(base, spec, artifact, work, feeds)
+        variant, check = _quantize_checked(spec, artifact, plan, parent, seqs, tmp, record)
+        if max_top1_drop is not None:
+            variant, check = _fallback(spec, artifact, base, plan, parent, seqs, tmp, record, check, max_top1_drop)
+        _finish(record, base, variant, plan, spec, check, parent, feeds, tmp, artifact, t0)
+        shutil.rmtree(work, ignore_errors=True)
+    return OnnxArtifact.load(out)
+
+
+def _base_record(artifact: OnnxArtifact, spec: MethodSpec, target: Target) -> dict[str, Any]:
+    from edgekit.export import _versions
+
+    meta = artifact.meta
+    return {"schema": SCHEMA, "task": artifact.task, "method": spec.method, "target": target.name,
+            "source": meta.get("source"), "settings": spec.settings(), "timings_s": {}, "warnings": [],
+            "versions": _versions(), "export": meta}
+
+
+def _calibration(artifact: OnnxArtifact, parent: Any, path: Path | str | None, n: int,
+                 record: dict[str, Any]) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    from edgekit.compress.calibration import model_feeds, token_sequences
+    from edgekit.data import load_texts
+
+    if n < 1:
+        raise InputError(f"--calibration-samples must be at least 1, got {n}")
+    texts = load_texts(path, default="calibration", n=max(n * 4, 32))
+    if not (artifact.path / "tokenizer.json").is_file():
+        raise InputError(f"{artifact.path}: no tokenizer.json, needed to tokenize calibration text")
+    seqs = token_sequences(artifact.path, texts, n)
+    if not seqs:
+        raise InputError(f"{path or 'built-in calibration text'}: no usable text for calibration")
+    with progress.stage("compress: calibration feeds"):
+        feeds = model_feeds(parent, artifact.task, seqs)
+    record["calibration"] = {"data": str(path) if path else "built-in (Lee corpus)", "samples": len(seqs),
+                             "tokens": sum(len(s) for s in seqs), "feeds": len(feeds)}
+    return seqs, feeds
+
+
+def _plan(model: Any, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
+    nodes = graph.weight_nodes(model)
+    keep = {w.name for w in nodes if graph.match(w.name, spec.keep_fp) or graph.match(w.weight, spec.keep_fp)}
+    vocab = artifact.config.get("vocab_size")
+    return Plan(work=work, exclude=keep, lm_head=graph.lm_head(model), feeds=feeds,
+                embedding=graph.token_embedding(model, vocab if isinstance(vocab, int) else None),
+                gathers=[w.name for w in nodes if w.op == "Gather"])
+
+
+def _quantize_checked(spec: MethodSpec, artifact: OnnxArtifact, plan: Plan, parent: Any, seqs: list[list[int]],
+                      tmp: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Quantize a fresh copy of the parent with `plan`, save it to `tmp`, and check it against the parent."""
+    import onnx
+
+    from edgekit.runtime import make_session
+
+    base = onnx.load(str(artifact.model_file))
+    graph.ensure_names(base)
+    if spec.method != "fp16":
+        graph.gemm_to_matmul(base)
+    t = time.perf_counter()
+    with progress.stage(f"compress: {spec.method}"):
+        variant = run_handler(spec, base, plan)
+    record["timings_s"]["quantize"] = round(record["timings_s"].get("quantize", 0) + time.perf_counter() - t, 2)
+    for stale in tmp.glob(MODEL_FILE + "*"):
+        stale.unlink()
+    from edgekit.compress.handlers import _save
+
+    _save(variant, tmp / MODEL_FILE)
+    try:
+        session = make_session(tmp / MODEL_FILE)
+    except Exception as exc:
+        from edgekit.errors import CompressError
+
+        raise CompressError(f"{spec.method}: onnxruntime cannot load the quantized model "
+                            f"({str(exc).splitlines()[0][:200]})") from exc
+    with progress.stage("compress: accuracy check"):
+        check = checks.agreement(parent, session, artifact.task, seqs)
+    check["session"] = session
+    return variant, check
+
+
+def _fallback(spec: MethodSpec, artifact: OnnxArtifact, base: Any, plan: Plan, parent: Any, seqs: list[list[int]],
+              tmp: Path, record: dict[str, Any], check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
+    """Keep the most sensitive weight MatMuls in float, more each round, until top-1 drops at most `max_drop`."""
+    steps: list[dict[str, Any]] = [{"kept": 0, "score": checks.primary(check)}]
+    record["fallback"] = {"max_top1_drop": max_drop, "steps": steps, "kept": [], "held": True}
+    if 1 - checks.primary(check) <= max_drop:
+        return None, check
+    bits = spec.bits if isinstance(spec, WeightOnlySpec) else 8
+    block = spec.block_size if isinstance(spec, WeightOnlySpec) else 128
+    candidates = [w.name for w in graph.weight_nodes(base, ("MatMul",)) if w.name not in plan.exclude]
+    scores = graph.sensitivity(base, candidates, bits, block)
+    ranked = sorted(scores, key=lambda n: -scores[n])
+    user_keep = set(plan.exclude)
+    variant = None
+    for frac in FALLBACK_FRACTIONS:
+        k = max(1, math.ceil(len(ranked) * frac))
+        plan.exclude = user_keep | set(ranked[:k])
+        variant, check = _quantize_checked(spec, artifact, plan, parent, seqs, tmp, record)
+        steps.append({"kept": k, "score": checks.primary(check)})
+        log.info("fallback: %d most sensitive MatMuls kept in float → %.4f", k, checks.primary(check))
+        if 1 - checks.primary(check) <= max_drop:
+            break
+    record["fallback"]["kept"] = [{"name": n, "sensitivity": round(scores[n], 5)} for n in ranked[:k]]
+    record["fallback"]["held"] = 1 - checks.primary(check) <= max_drop
+    if not record["fallback"]["held"]:
+        msg = f"--max-top1-drop {max_drop}: still {1 - checks.primary(check):.3f} below fp32 with every MatMul in float"
+        log.warning(msg)
+        record["warnings"].append(msg)
+    return variant, check
+
+
+def _finish(record: dict[str, Any], base: Any, variant: Any, plan: Plan, spec: MethodSpec, check: dict[str, Any],
+            parent: Any, feeds: list[dict[str, Any]], tmp: Path, artifact: OnnxArtifact, t0: float) -> None:
+    import onnx
+
+    from edgekit.export import _io_signature
+
+    if variant is None:  # the fallback loop was not needed: the first variant is on disk already
+        variant = onnx.load(str(tmp / MODEL_FILE))
+    session = check.pop("session")
+    record["nodes"].update(_decisions(base, variant, plan, spec))
+    record["ops"] = graph.op_counts(variant)
+    record["check"] = check
+    if "warning" in check:
+        log.warning("accuracy check: %s", check["warning"])
+        record["accuracy_warning"] = check["warning"]
+        record["warnings"].append(check["warning"])
+    with progress.stage("compress: speed check"):
+        record["speed"] = checks.speed(parent, session, feeds)
+    if "warning" in record["speed"]:
+        log.warning("speed check: %s", record["speed"]["warning"])
+        record["speed_warning"] = record["speed"]["warning"]
+        record["warnings"].append(record["speed"]["warning"])
+    record["warnings"] += plan.notes
+    for side in artifact.side_files():
+        shutil.copy2(side, tmp / side.name)
+    record["io"] = _io_signature(tmp / MODEL_FILE)
+    record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
+    before = artifact.size_mb
+    after = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*")) / 1e6
+    record["size_mb_before"], record["size_mb"] = round(before, 3), round(after, 3)
+    record["size_ratio"] = round(after / before, 4) if before else None
+    record["timings_s"]["total"] = round(time.perf_counter() - t0, 2)
+    record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    (tmp / "compress.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def _decisions(base: Any, variant: Any, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
+    """What happened to each weight node, read from the variant: a float weight that is gone was quantized."""
+    from onnx import TensorProto
+
+    after = {i.name: i.data_type for i in variant.graph.initializer}
+    head_bits = getattr(spec, "lm_head_bits", None)
+    decisions: dict[str, str] = {}
+    for w in graph.weight_nodes(base):
+        if w.name in plan.exclude:
+            decisions[w.name] = "kept fp32: " + ("--keep-fp" if graph.match(w.name, spec.keep_fp)
+                                                  or graph.match(w.weight, spec.keep_fp) else "sensitivity fallback")
+        elif w.weight not in after:
+            decisions[w.name] = _bits_label(spec, w, plan, head_bits)
+        elif after[w.weight] == TensorProto.FLOAT16:
+            decisions[w.name] = "fp16"
+        else:
+            decisions[w.name] = "kept fp32: " + _why_kept(spec, w, plan, head_bits)
+    counts: dict[str, int] = {}
+    for d in decisions.values():
+        key = d.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return {"decisions": decisions, "counts": counts,
+            "quantized": sum(1 for d in decisions.values() if not d.startswith("kept")),
+            "kept": sum(1 for d in decisions.values() if d.startswith("kept"))}
+
+
+def _bits_label(spec: MethodSpec, w: graph.WeightNode, plan: Plan, head_bits: int | None) -> str:
+    if isinstance(spec, WeightOnlySpec):
+        if w.op == "Gather":
+            return "int4"
+        if w.name == plan.lm_head and head_bits:
+            return f"int{head_bits}"
+        return f"int{spec.bits}"
+    return "int8"
+
+
+def _why_kept(spec: MethodSpec, w: graph.WeightNode, plan: Plan, head_bits: int | None) -> str:
+    if w.name == plan.lm_head and head_bits == 0:
+        return "lm_head_bits=0"
+    if w.op == "Gather":
+        return "embedding not quantized by this method" if w.name == plan.embedding else "not a token embedding"
+    if w.op == "Gemm":
+        return "Gemm not converted (transA/alpha/beta), the quantizer skips it"
+    return "the quantizer skipped it"
