@@ -138,7 +138,8 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
     with exclusive(out):
         for stale in clean_stale(out):
             log.info("removed %s left by an interrupted build", stale)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+        # Absolute, so no stage depends on the working directory (quantizers run tools in their own folders).
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent)).resolve()
         try:
             source = stages.call("source", lambda: load_source(source_spec, trust_remote_code=opts.trust_remote_code))
             method = opts.method or profile.method_for(source.task)
