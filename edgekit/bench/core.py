@@ -94,6 +94,17 @@ def _source_block(source: Any) -> tuple[dict[str, Any], float, float]:
     return block, size_mb, float(params)
 
 
+def _check_lineage(variant: OnnxArtifact, source: Any) -> None:
+    """The variant must come from this architecture (a distilled student benched against its teacher is fine)."""
+    record = variant.meta.get("export", variant.meta) if isinstance(variant.meta.get("export"), dict) else variant.meta
+    made_from = (record.get("source") or {}).get("model_type")
+    if made_from and made_from != source.model_type:
+        raise BenchError(f"the variant was made from a {made_from} model, but --source is a {source.model_type}: wrong --source?")
+    vocab = variant.config.get("vocab_size")
+    if vocab and source.config.get("vocab_size") and vocab != source.config["vocab_size"]:
+        raise BenchError(f"the variant's vocabulary ({vocab}) differs from the source's ({source.config['vocab_size']}): wrong --source?")
+
+
 def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path | None = None, on_device: bool = False,
           eval_tokens: int = 512, max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
     """Measure `variant` (ONNX) against `source` (PyTorch fp32) for `profile`; return the report dict."""
@@ -104,6 +115,7 @@ def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path |
         raise UnsupportedError(f"{source.spec}: bench compares against a PyTorch source; give the HF model, not ONNX")
     if variant.task != source.task:
         raise BenchError(f"variant task {variant.task} differs from source task {source.task}: wrong --source?")
+    _check_lineage(variant, source)
     if eval_tokens < 2:
         raise BenchError(f"--eval-tokens must be at least 2, got {eval_tokens}")
     warnings: list[str] = []
