@@ -57,7 +57,7 @@ def encoder_agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]
     return {key: round(float(np.mean(values)), 4) if values else 0.0, "samples": len(values)}
 
 
-def agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]]) -> dict[str, Any]:
+def agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]], method: str = "") -> dict[str, Any]:
     """The quick accuracy check; adds `warning` when the variant falls under the floor."""
     if task == "text-generation":
         out: dict[str, Any] = decoder_agreement(parent, variant, seqs)
@@ -68,8 +68,10 @@ def agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]]) -> di
         value, floor = out[key], (TOP1_FLOOR if task == "text-classification" else COSINE_FLOOR)
     out["floor"] = floor
     if value < floor:
-        out["warning"] = (f"{key} vs the fp32 parent is {value:.3f} (< {floor}): this variant changes the model's "
-                          "answers; try a weight-only method (int8-weight, int4-hqq) or --max-top1-drop")
+        advice = ("try int8-weight or int4-hqq" if method in ("int8-dynamic", "int8-static")
+                  else "try 8 bits, a smaller --block-size")
+        out["warning"] = (f"{method or 'variant'}: {key} vs the fp32 parent is {value:.3f} (< {floor}), it changes "
+                          f"the model's answers; {advice} or --max-top1-drop")
     return out
 
 
@@ -80,14 +82,17 @@ def primary(check: dict[str, Any]) -> float:
     return 0.0
 
 
-def _time_forward(session: Any, feed: dict[str, np.ndarray], runs: int) -> float:
-    session.run(None, feed)  # warm-up: first run allocates and packs weights
-    times = []
+def _time_pair(parent: Any, variant: Any, feed: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
+    """Median ms of each, runs interleaved so that load from other processes slows both alike."""
+    parent.run(None, feed)  # warm-up: first runs allocate and pack weights
+    variant.run(None, feed)
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1000
+        for i, session in enumerate((parent, variant)):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times[i].append(time.perf_counter() - t0)
+    return float(np.median(times[0])) * 1000, float(np.median(times[1])) * 1000
 
 
 def speed(parent: Any, variant: Any, feeds: list[dict[str, np.ndarray]], runs: int = 5) -> dict[str, Any]:
@@ -98,7 +103,7 @@ def speed(parent: Any, variant: Any, feeds: list[dict[str, np.ndarray]], runs: i
         case = "decode" if i == 1 else "prefill"
         if feed["input_ids"].shape[1] == 1:
             case = "decode"
-        p, v = _time_forward(parent, feed, runs), _time_forward(variant, feed, runs)
+        p, v = _time_pair(parent, variant, feed, runs)
         out["cases"][case] = {"fp32_ms": round(p, 3), "variant_ms": round(v, 3), "speedup": round(p / max(v, 1e-9), 3)}
         if v > p * SLOWER_MARGIN:
             slower.append(case)

@@ -104,15 +104,55 @@ def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
 
 
 def _embedding(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
-    """4-bit GatherBlockQuantized for the token embedding (onnxruntime's Gather quantizer has no 8-bit)."""
+    """The token-embedding Gather as GatherBlockQuantized: 4-bit via onnxruntime's Gather quantizer, 8-bit
+    (which that quantizer lacks) from onnxruntime's own 8-bit block kernel, blocks along the hidden axis."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
+    if spec.embed_bits == 8:
+        return _embedding8(model, spec, plan)
     cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric, bits=4,
                                        op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
-    others = {g for g in plan.gathers if g != plan.embedding}
     # Constant-index Gathers on shape tensors must not be touched: exclude every Gather but the embedding.
-    others |= {n.name for n in model.graph.node if n.op_type == "Gather" and n.name != plan.embedding}
+    others = {n.name for n in model.graph.node if n.op_type == "Gather" and n.name != plan.embedding}
     return _nbits(model, cfg, spec, others | plan.exclude, 4)
+
+
+def _embedding8(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    node = next(n for n in model.graph.node if n.name == plan.embedding)
+    init = next(i for i in model.graph.initializer if i.name == node.input[0])
+    table = numpy_helper.to_array(init).astype(np.float32)
+    vocab, hidden = table.shape
+    if hidden % spec.block_size:
+        plan.notes.append(f"embedding kept float: hidden size {hidden} is not a multiple of {spec.block_size}")
+        return model
+    kernel = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(block_size=spec.block_size, bits=8,
+                                                                     is_symmetric=False))
+    # The kernel quantizes columns of a [K, N] matrix in blocks along K: give it the table transposed.
+    packed, scales, zero_points = kernel.qbits_block_quant(np.ascontiguousarray(table.T))
+    blocks = hidden // spec.block_size
+    inits = [numpy_helper.from_array(packed.reshape(vocab, hidden), init.name + "_Q8"),
+             numpy_helper.from_array(scales.reshape(vocab, blocks).astype(np.float32), init.name + "_scales"),
+             numpy_helper.from_array(zero_points.reshape(vocab, blocks), init.name + "_zero_points")]
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+    new = helper.make_node("GatherBlockQuantized", [inits[0].name, node.input[1], inits[1].name, inits[2].name],
+                           list(node.output), name=node.name + "_Q8", domain="com.microsoft", gather_axis=axis,
+                           quantize_axis=1, block_size=spec.block_size, bits=8)
+    nodes = [new if n.name == node.name else n for n in model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    users = sum(name == init.name for n in model.graph.node for name in n.input)
+    if not users:
+        model.graph.initializer.remove(init)
+    model.graph.initializer.extend(inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:

@@ -130,7 +130,7 @@ def _quantize_checked(spec: MethodSpec, artifact: OnnxArtifact, plan: Plan, pare
         raise CompressError(f"{spec.method}: onnxruntime cannot load the quantized model "
                             f"({str(exc).splitlines()[0][:200]})") from exc
     with progress.stage("compress: accuracy check"):
-        check = checks.agreement(parent, session, artifact.task, seqs)
+        check = checks.agreement(parent, session, artifact.task, seqs, spec.method)
     check["session"] = session
     return variant, check
 
@@ -231,7 +231,7 @@ def _decisions(base: Any, variant: Any, plan: Plan, spec: MethodSpec) -> dict[st
 def _bits_label(spec: MethodSpec, w: graph.WeightNode, plan: Plan, head_bits: int | None) -> str:
     if isinstance(spec, WeightOnlySpec):
         if w.op == "Gather":
-            return "int4"
+            return f"int{spec.embed_bits}"
         if w.name == plan.lm_head and head_bits:
             return f"int{head_bits}"
         return f"int{spec.bits}"

@@ -42,8 +42,8 @@ class WeightOnlySpec(MethodSpec):
     symmetric: bool = True
     # Bits for the lm_head MatMul (None: same as `bits`; 0: keep it float). ORT-GenAI/Olive keep it at 8.
     lm_head_bits: Literal[0, 4, 8] | None = None
-    # Token-embedding Gather: onnxruntime's Gather quantizer is 4-bit only (GatherBlockQuantized); 0 = keep float.
-    embed_bits: Literal[0, 4] = 0
+    # Token-embedding Gather as GatherBlockQuantized (the tied embedding is 113 MB of SmolLM2); 0 = keep float.
+    embed_bits: Literal[0, 4, 8] = 8
 
     @model_validator(mode="after")
     def _check(self) -> WeightOnlySpec:
@@ -91,7 +91,7 @@ def _defaults(name: str, target: Target) -> tuple[type[MethodSpec], dict[str, An
         return Fp16Spec, {}
     if name == "int8-weight":
         return WeightOnlySpec, {"method": name, "bits": 8, "block_size": 32, "algo": "rtn", "symmetric": True,
-                                "accuracy_level": q4.accuracy_level, "lm_head_bits": 8, "embed_bits": 0}
+                                "accuracy_level": q4.accuracy_level, "lm_head_bits": 8, "embed_bits": 8}
     if name == "int8-dynamic":
         return DynamicInt8Spec, {"weight_type": q8.weight_type, "per_channel": q8.per_channel,
                                  "reduce_range": q8.reduce_range}
@@ -102,7 +102,7 @@ def _defaults(name: str, target: Target) -> tuple[type[MethodSpec], dict[str, An
     # HQQ's float zero points make it asymmetric by construction; RTN keeps more with an offset too.
     return WeightOnlySpec, {"method": name, "bits": 4, "block_size": q4.block_size, "algo": algo,
                             "accuracy_level": q4.accuracy_level, "symmetric": False,
-                            "lm_head_bits": 8, "embed_bits": 4}
+                            "lm_head_bits": 8, "embed_bits": 8}
 
 
 def method_spec(name: str, target: Target, **overrides: Any) -> MethodSpec:

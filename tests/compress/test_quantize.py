@@ -13,7 +13,7 @@ import pytest
 
 from edgekit.artifact import OnnxArtifact
 from edgekit.catalog import load_target
-from edgekit.compress import compress, method_spec
+from edgekit.compress import compress, graph, method_spec
 from edgekit.compress.calibration import decoder_feeds, token_sequences
 from edgekit.compress.specs import DynamicInt8Spec, WeightOnlySpec
 from edgekit.errors import ConfigError, UnsupportedError
@@ -86,18 +86,44 @@ def test_every_method_runs_with_kv_cache_and_shrinks(method: str, target: str, e
     assert not list(tmp_path.glob(".*tmp-*")) and not (out.path / ".work").exists()
 
 
-def test_decisions_match_the_graph(exported: Any, tmp_path: Path) -> None:
-    out = compress(exported("llama"), "int4-rtn", AVX2, tmp_path / "q")
+@pytest.mark.parametrize("embed_bits", [8, 4])
+def test_decisions_match_the_graph(embed_bits: int, exported: Any, tmp_path: Path) -> None:
+    parent = exported("llama")
+    out = compress(parent, method_spec("int4-rtn", AVX2, embed_bits=embed_bits), AVX2, tmp_path / "q")
     nodes = out.meta["nodes"]
     ops = _ops(out.path)
-    assert ops.get("GatherBlockQuantized") == 1
-    int4 = [n for n, d in nodes["decisions"].items() if d == "int4"]
-    int8 = [n for n, d in nodes["decisions"].items() if d == "int8"]
+    assert ops.get("GatherBlockQuantized") == 1 and "Gather" in ops  # shape Gathers stay
+    emb = [graph.token_embedding(onnx.load(str(parent.model_file)), parent.config["vocab_size"])]
+    assert nodes["decisions"][emb[0]] == f"int{embed_bits}"
+    int4 = [n for n, d in nodes["decisions"].items() if d == "int4" and n not in emb]
+    int8 = [n for n, d in nodes["decisions"].items() if d == "int8" and n not in emb]
     assert len(int8) == 1 and "lm_head" in int8[0]  # the lm_head stays at 8 bit by default
-    assert ops["MatMulNBits"] == len(int4) - 1 + len(int8)  # minus the embedding Gather
+    assert ops["MatMulNBits"] == len(int4) + len(int8)
     model = onnx.load(str(out.path / "model.onnx"))
     bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node if n.op_type == "MatMulNBits")
     assert bits.count(8) == 1 and bits.count(4) == len(bits) - 1
+    # The quantized table must still be the embedding: look tokens up in both graphs' embedding outputs.
+    gbq = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    assert next((a.i for a in gbq.attribute if a.name == "bits"), 4) == embed_bits
+    _assert_embedding_close(parent, out, gbq.output[0], tol=0.02 if embed_bits == 8 else 0.2)
+
+
+def _assert_embedding_close(parent: OnnxArtifact, out: OnnxArtifact, name: str, tol: float) -> None:
+    import onnxruntime as ort
+
+    tables = []
+    for art in (parent, out):
+        model = onnx.load(str(art.model_file))
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        sess = ort.InferenceSession(model.SerializeToString())
+        dec = Decoder(sess)
+        feeds = {"input_ids": np.arange(20, dtype=np.int64)[None, :], **dec._empty_past(1)}
+        feeds["attention_mask"] = np.ones((1, 20), dtype=np.int64)
+        if "position_ids" in dec.input_names:
+            feeds["position_ids"] = np.arange(20, dtype=np.int64)[None, :]
+        tables.append(sess.run([name], feeds)[0])
+    rel = np.linalg.norm(tables[0] - tables[1]) / np.linalg.norm(tables[0])
+    assert rel < tol
 
 
 def test_keep_fp_is_honoured(exported: Any, tmp_path: Path) -> None:
