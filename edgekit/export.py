@@ -16,7 +16,7 @@ from typing import Any
 
 from edgekit import __version__, progress
 from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
-from edgekit.errors import EdgekitError, ExportError, ParityError, UnsupportedError
+from edgekit.errors import EdgekitError, ExportError, InputError, ParityError, UnsupportedError
 from edgekit.source import SourceModel
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
@@ -191,7 +191,10 @@ def _finalize(chosen: Path, raw: Path, tmp: Path, record: dict[str, Any]) -> Non
 def _io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
     import onnx
 
-    graph = onnx.load(str(model_file), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(model_file), load_external_data=False).graph
+    except Exception as exc:  # protobuf raises DecodeError/RuntimeError on damaged files
+        raise InputError(f"{model_file}: not a readable ONNX model ({' '.join(str(exc).split())[:120]})") from exc
 
     def describe(values: Any) -> list[dict[str, Any]]:
         out = []
