@@ -1,0 +1,172 @@
+"""Build (once) and cache every model the benchmark compares, under ~/.cache/edgekit/bench.
+
+Each builder returns the folder or raises; run.py records a failure as a failed variant, never a crash.
+A folder is only cached once complete (built beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+GENAI_VENV = HERE / ".venv-genai"
+GENAI_VERSION = "0.15.2"
+TARGET = "x86-avx2"
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("EDGEKIT_BENCH_CACHE", Path.home() / ".cache" / "edgekit" / "bench"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cached(name: str, build: Callable[[Path], None], *, marker: str = "model.onnx") -> Path:
+    """`cache/name`, built by `build(tmp)` into a temporary sibling on first use."""
+    final = cache_root() / name
+    if (final / marker).is_file() or any(final.glob(marker)):
+        return final
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    build(tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with log.open("a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), check=False)
+    if proc.returncode:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+        raise RuntimeError(f"{cmd[0]} {' '.join(cmd[1:3])} ... exited {proc.returncode}: {tail[0][:300]}")
+
+
+def edgekit_fp32(source: Any, name: str) -> Path:
+    from edgekit.catalog import load_target
+    from edgekit.export import export
+
+    # Parity is skipped here: run.py measures every variant's fidelity against PyTorch itself.
+    return cached(name, lambda tmp: export(source, load_target(TARGET), tmp, parity=False) and None)
+
+
+def edgekit_compressed(fp32: Path, method: str, name: str) -> Path:
+    from edgekit.artifact import OnnxArtifact
+    from edgekit.catalog import load_target
+    from edgekit.compress import compress
+
+    def build(tmp: Path) -> None:
+        compress(OnnxArtifact.load(fp32), method, load_target(TARGET), tmp, checks_enabled=False)
+
+    return cached(name, build)
+
+
+def genai_python() -> Path:
+    """The separate venv's interpreter, created on first use.
+
+    It layers over the main venv's site-packages (a .pth file) so torch/transformers are not installed twice;
+    its own site-packages come first, so only onnxruntime-genai (and anything it pins) is its own.
+    """
+    py = GENAI_VENV / "bin" / "python"
+    try:
+        subprocess.run(
+            [str(py), "-c", f"import onnxruntime_genai as g; assert g.__version__ == '{GENAI_VERSION}'"],
+            check=True,
+            capture_output=True,
+            env=_env(),
+        )
+        return py
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    log = cache_root() / "genai-install.log"
+    _run([sys.executable, "-m", "venv", str(GENAI_VENV)], log)
+    site = next((GENAI_VENV / "lib").glob("python3*/site-packages"))
+    main_site = next((Path(sys.prefix) / "lib").glob("python3*/site-packages"))
+    (site / "zz_main_venv.pth").write_text(str(main_site) + "\n")
+    _run([str(GENAI_VENV / "bin" / "pip"), "install", "-q", f"onnxruntime-genai=={GENAI_VERSION}"], log)
+    return py
+
+
+def genai_int4(hf: Path) -> Path:
+    py = genai_python()
+
+    def build(tmp: Path) -> None:
+        log = cache_root() / "genai-build.log"
+        _run(
+            [
+                str(py),
+                "-m",
+                "onnxruntime_genai.models.builder",
+                "-m",
+                str(hf),
+                "-o",
+                str(tmp),
+                "-p",
+                "int4",
+                "-e",
+                "cpu",
+                "-c",
+                str(cache_root() / "genai-hfcache"),
+            ],
+            log,
+        )
+        # One intra-op thread, like every other variant.
+        cfg_file = tmp / "genai_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg["model"]["decoder"]["session_options"].update(
+            {"intra_op_num_threads": 1, "inter_op_num_threads": 1}
+        )
+        cfg_file.write_text(json.dumps(cfg, indent=4))
+
+    return cached("genai-int4", build)
+
+
+def optimum_fp32(hf: Path) -> Path:
+    exe = Path(sys.executable).with_name("optimum-cli")
+    return cached(
+        "minilm-optimum-fp32",
+        lambda tmp: _run(
+            [str(exe), "export", "onnx", "-m", str(hf), "--task", "feature-extraction", str(tmp)],
+            cache_root() / "optimum.log",
+        ),
+    )
+
+
+def optimum_avx2(fp32: Path) -> Path:
+    exe = Path(sys.executable).with_name("optimum-cli")
+
+    def build(tmp: Path) -> None:
+        _run(
+            [str(exe), "onnxruntime", "quantize", "--onnx_model", str(fp32), "--avx2", "-o", str(tmp)],
+            cache_root() / "optimum.log",
+        )
+
+    return cached("minilm-optimum-avx2", build, marker="*quantized.onnx")
+
+
+def model_file(folder: Path) -> Path:
+    for name in ("model.onnx", "model_quantized.onnx"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.onnx"))
+    if not found:
+        raise FileNotFoundError(f"no .onnx file in {folder}")
+    return found[0]

@@ -1,0 +1,175 @@
+"""benchmarks/results/<date>.{json,md,png} from run.py's results dict."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, fmt: str = ".3g") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _x(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _fid(v: dict[str, Any], name: str, fmt: str) -> str:
+    m = (v.get("fidelity") or {}).get(name)
+    if not m:
+        return "–"
+    return f"{format(m['value'], fmt)} [{format(m['ci95_low'], fmt)}, {format(m['ci95_high'], fmt)}]"
+
+
+def llm_table(llm: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        "| variant | decode tok/s | vs PyTorch | vs builder int4 | TTFT ms | TTFT speedup vs PyTorch | "
+        "top-1 vs fp32 [95% CI] | KLD mean [95% CI] | PPL ratio | MB read/token | roofline tok/s | "
+        "% of roofline | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in llm:
+        if v["status"] != "ok" or not v.get("decode_tps_median"):
+            rows.append(
+                f"| {v['name']} | FAILED: {str(v.get('error'))[:160].replace('|', '/')} |" + " |" * 11
+            )
+            continue
+        top1 = "1 (reference)" if v.get("baseline") else _fid(v, "top1_agreement", ".3f")
+        rows.append(
+            f"| {v['name']} | {v['decode_tps_median']:.1f} | {_x(v.get('vs_baseline_decode_tps_median'))} | "
+            f"{_x(v.get('vs_peer_decode_tps_median'))} | {v['ttft_ms_median']:.0f} | "
+            f"{_x(v.get('vs_baseline_ttft_ms_median'))} | {top1} | {_fid(v, 'kld_mean', '.2g')} | "
+            f"{_fid(v, 'ppl_ratio', '.3f')} | {_f((v.get('bytes') or {}).get('weight_bytes', 0) / 1e6, '.0f')} | "
+            f"{_f(v.get('roofline_tps'), '.0f')} | {_f(100 * v['roofline_fraction'] if v.get('roofline_fraction') else None, '.0f')} | "
+            f"{_f(v.get('peak_rss_mb'), '.0f')} |"
+        )
+    return rows
+
+
+def enc_table(enc: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        "| variant | latency ms / batch | speedup vs PyTorch | vs optimum-cli --avx2 | cosine vs PyTorch (mean) | "
+        "cosine min | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in enc:
+        if v["status"] != "ok" or not v.get("latency_ms_median"):
+            rows.append(f"| {v['name']} | FAILED: {str(v.get('error'))[:160].replace('|', '/')} |" + " |" * 5)
+            continue
+        cos = v.get("cosine") or {}
+        mean = "1 (reference)" if v.get("baseline") else _f(cos.get("cosine_mean"), ".4f")
+        rows.append(
+            f"| {v['name']} | {v['latency_ms_median']:.1f} | {_x(v.get('vs_baseline_latency_ms_median'))} | "
+            f"{_x(v.get('vs_peer_latency_ms_median'))} | {mean} | {_f(cos.get('cosine_min'), '.4f')} | "
+            f"{_f(v.get('peak_rss_mb'), '.0f')} |"
+        )
+    return rows
+
+
+def machine_lines(r: dict[str, Any]) -> list[str]:
+    m, bw = r["machine"], r["bandwidth"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    return [
+        f"- CPU: {m['cpu_model']}, {m['cores']} cores visible, ISA: {' '.join(m['isa_flags'])}; "
+        f"{m['memory_mb'] / 1024:.0f} GiB RAM; {m['os']}; Python {m['python']}",
+        f"- versions: {versions}",
+        f"- memory read bandwidth, 1 thread (torch sum of 512 MiB, best of 5): before {bw['before']['memory_bandwidth_gbps']} GB/s, "
+        f"after {bw['after']['memory_bandwidth_gbps']} GB/s; the roofline uses the higher, {bw['used']['memory_bandwidth_gbps']} GB/s",
+        f"- load average at the end: {' / '.join(str(x) for x in m['load_average'])} (1/5/15 min; a shared host "
+        "inflates absolute times, the ratios come from the same rounds)",
+    ]
+
+
+def markdown(r: dict[str, Any], png: str) -> str:
+    s = r["settings"]
+    lines = [
+        f"# edgekit benchmarks, {r['started'][:10]} ({r['mode']} run)",
+        "",
+        f"Command: `{r['command']}` ({r['wall_s']:.0f} s wall). Started {r['started']}.",
+        "",
+        "## Machine",
+        "",
+        *machine_lines(r),
+        "",
+        "## SmolLM2-135M: decode and TTFT",
+        "",
+        f"{s['prompt_tokens']}-token prompt, {s['new_tokens']} new tokens, greedy, {s['threads']} thread; medians of "
+        f"{s['rounds']} process(es) × {s['runs_per_round']} runs per variant, each runtime in its own process. "
+        f"Fidelity vs PyTorch fp32 on {s['fidelity_tokens']} held-out tokens (edgekit.data.eval_texts, after the "
+        f"prompt; windows of {s['window']}) with 95 % bootstrap CIs. Roofline = bandwidth / (weights read per token + "
+        "fp32 KV cache at the mean decode position); embedding tables only gathered from are not counted.",
+        "",
+        *llm_table(r["llm"]),
+        "",
+        f"## MiniLM-L6: one {s['encoder_batch'][0]}×{s['encoder_batch'][1]} batch",
+        "",
+        "Latency per batch, 1 thread, median over ≥ 10 runs per process; cosine of mean-pooled normalized embeddings "
+        "vs PyTorch fp32 over 64 eval sentences.",
+        "",
+        *enc_table(r["encoder"]),
+        "",
+        f"![decode tok/s and encoder latency]({png})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(r: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    llm = [v for v in r["llm"] if v.get("decode_tps_median")]
+    xs = range(len(llm))
+    left.bar(xs, [v["decode_tps_median"] for v in llm], color="tab:blue", label="measured")
+    left.scatter(
+        xs, [v.get("roofline_tps") or 0 for v in llm], marker="_", s=600, color="tab:red", label="roofline"
+    )
+    for i, v in enumerate(llm):
+        top1 = (v.get("fidelity") or {}).get("top1_agreement", {}).get("value")
+        label = "ref" if v.get("baseline") else (f"top-1 {top1:.2f}" if top1 is not None else "")
+        left.text(i, v["decode_tps_median"], label, ha="center", va="bottom", fontsize=8)
+    left.set_xticks(list(xs), [v["name"].replace(" ", "\n", 1) for v in llm], fontsize=7)
+    left.set_ylabel("decode tokens/s (1 thread)")
+    left.set_title("SmolLM2-135M decode (label: top-1 vs fp32)")
+    left.legend()
+    enc = [v for v in r["encoder"] if v.get("latency_ms_median")]
+    right.bar(range(len(enc)), [v["latency_ms_median"] for v in enc], color="tab:green")
+    for i, v in enumerate(enc):
+        cos = (v.get("cosine") or {}).get("cosine_mean")
+        right.text(
+            i,
+            v["latency_ms_median"],
+            "ref" if v.get("baseline") else f"cos {cos:.3f}" if cos else "",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    right.set_xticks(range(len(enc)), [v["name"].replace(" ", "\n", 1) for v in enc], fontsize=7)
+    right.set_ylabel("ms per 8×128 batch (lower is better)")
+    right.set_title("MiniLM-L6 latency (label: cosine vs PyTorch)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write(r: dict[str, Any], out: Path, *, suffix: str = "") -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("%Y-%m-%d", time.gmtime()) + suffix
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    for key, data in (
+        ("png", chart(r)),
+        ("md", markdown(r, paths["png"].name).encode()),
+        ("json", (json.dumps(r, indent=1, default=str) + "\n").encode()),
+    ):
+        tmp = paths[key].with_suffix(paths[key].suffix + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(paths[key])
+    return paths
