@@ -46,6 +46,8 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
     if max_top1_drop is not None and not 0 <= max_top1_drop <= 1:
         raise InputError(f"--max-top1-drop must be within 0..1, got {max_top1_drop}")
     out = Path(out)
+    if out.resolve() == artifact.path.resolve():
+        raise InputError(f"{out}: the output folder must differ from the model being compressed")
     record = _base_record(artifact, spec, target)
     parent = artifact.session()
     seqs, feeds = _calibration(artifact, parent, calibration, calibration_samples, record)

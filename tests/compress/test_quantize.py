@@ -16,7 +16,7 @@ from edgekit.catalog import load_target
 from edgekit.compress import compress, graph, method_spec
 from edgekit.compress.calibration import decoder_feeds, token_sequences
 from edgekit.compress.specs import DynamicInt8Spec, WeightOnlySpec
-from edgekit.errors import ConfigError, UnsupportedError
+from edgekit.errors import ConfigError, InputError, UnsupportedError
 from edgekit.export import export
 from edgekit.runtime import Decoder
 from edgekit.source import load_source
@@ -208,6 +208,17 @@ def test_compressed_model_is_not_compressed_again(exported: Any, tmp_path: Path)
     out = compress(exported("llama"), "int8-weight", AVX2, tmp_path / "q")
     with pytest.raises(UnsupportedError, match="already int8-weight"):
         compress(out, "int4-rtn", AVX2, tmp_path / "q2")
+
+
+def test_bad_options_are_input_errors(exported: Any, tmp_path: Path) -> None:
+    parent = exported("llama")
+    with pytest.raises(InputError, match="must differ"):
+        compress(parent, "int8-weight", AVX2, parent.path)
+    with pytest.raises(InputError, match="max-top1-drop"):
+        compress(parent, "int8-weight", AVX2, tmp_path / "q", max_top1_drop=2.0)
+    with pytest.raises(InputError):
+        compress(parent, "int8-static", AVX2, tmp_path / "q", calibration=tmp_path / "missing.txt")
+    assert not (tmp_path / "q").exists()
 
 
 def test_cli_unsupported_method_exits_2(exported: Any, tmp_path: Path) -> None:
