@@ -69,6 +69,36 @@ def enc_table(enc: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def profile_table(llm: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        "| variant | ms/step (profiled) | nodes/step | kernels ms | outside kernels ms | MatMul* ms | "
+        "attention ms | top other ops (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in llm:
+        p = v.get("profile")
+        if not p or "error" in p:
+            continue
+        ops = p["top_ops_ms_per_step"]
+        mm = sum(
+            t
+            for k, t in ops.items()
+            if k.startswith(("MatMul", "FusedMatMul", "DynamicQuantizeMatMul", "Gemm"))
+        )
+        att = sum(t for k, t in ops.items() if "Attention" in k or k == "Softmax")
+        other = ", ".join(
+            f"{k} {t:.2f}"
+            for k, t in ops.items()
+            if not k.startswith(("MatMul", "FusedMatMul", "DynamicQuantizeMatMul", "Gemm"))
+            and "Attention" not in k
+        )[:120]
+        rows.append(
+            f"| {v['name']} | {p['model_run_ms']:.1f} | {p['nodes_per_step']} | {p['kernel_ms']:.1f} | "
+            f"{p['outside_kernels_ms']:.1f} | {mm:.1f} | {att:.2f} | {other} |"
+        )
+    return rows if len(rows) > 2 else []
+
+
 def machine_lines(r: dict[str, Any]) -> list[str]:
     m, bw = r["machine"], r["bandwidth"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)

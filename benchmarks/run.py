@@ -275,6 +275,26 @@ def _ratios(variants: list[dict[str, Any]], rate: str | None, latency: str) -> N
                 v[f"{tag}_{rate}"] = v[rate] / ref[rate]
 
 
+def profile_llm(llm: list[dict[str, Any]]) -> None:
+    """onnxruntime's profiler over 16 decode steps of each ONNX variant (benchmarks/profile_decode.py)."""
+    for v in llm:
+        if v["status"] != "ok" or not v.get("model") or v["engine"] == "genai-gen":
+            continue
+        cmd = [sys.executable, str(HERE / "profile_decode.py"), v["model"], "--steps", "16"]
+        try:
+            out = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            v["profile"] = json.loads(out.stdout[out.stdout.index("{") :])
+        except (subprocess.SubprocessError, ValueError) as exc:
+            v["profile"] = {"error": str(exc)[:200]}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -287,6 +307,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-genai", action="store_true", help="leave out the onnxruntime-genai builder")
     p.add_argument("--skip-llm", action="store_true")
+    p.add_argument(
+        "--no-profile", action="store_true", help="skip the per-op decode profile of each ONNX variant"
+    )
     p.add_argument("--skip-enc", action="store_true")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per worker process")
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -328,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         # The higher of two measurements: a busy moment lowers bandwidth, and a higher roof is the stricter one.
         bw = max(bw_before, bw_after, key=lambda b: b["memory_bandwidth_gbps"])
         summarize(llm, enc, llm_source.config if llm_source else {}, bw, tmp)
+        if not args.no_profile:
+            profile_llm(llm)
     results = {
         "schema": "edgekit/benchmarks@1",
         "started": started,

@@ -200,7 +200,7 @@ def report() -> dict[str, Any]:
             "source": source_perf,
             "speedup": {"decode_tokens_per_s": 5.0},
             "device": device,
-            "runs": {"runs": 20, "stopped": "stable", "threads": 1},
+            "runs": {who: {"runs": 20, "stopped": "stable", "threads": 1} for who in ("variant", "source")},
         },
         "fidelity": {
             "top1_agreement": _ci(0.97),
