@@ -70,18 +70,22 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
     out = Path(out)
     if source.format != "hf":
         raise UnsupportedError(f"{source.spec} is an ONNX model; distillation needs a PyTorch (HF) source")
-    from edgekit.compress.student import build_student, parameter_count, plan_student
+    from edgekit.compress.student import build_student, plan_student
 
     # The schedule counts optimizer steps; accelerate would otherwise step it once per process.
     # cpu=True without a GPU so processes started by `accelerate launch`/torchrun join one gloo group.
     accelerator = Accelerator(step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
     set_seed(spec.seed)
     started = time.perf_counter()
+    from transformers import AutoConfig
+
+    # Plan from the config first: a bad --student-layers fails before the teacher's weights load.
+    config = AutoConfig.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
+    plan = plan_student(config, student_layers=spec.student_layers, keep_every=spec.keep_every,
+                        width_ratio=spec.width_ratio)
     teacher = source.load_model().to(accelerator.device)
     teacher.requires_grad_(False)
     tokenizer = source.load_tokenizer()
-    plan = plan_student(teacher.config, student_layers=spec.student_layers, keep_every=spec.keep_every,
-                        width_ratio=spec.width_ratio)
     student = build_student(teacher, plan)
     batches = loop.Batches(loop.train_samples(source.task, tokenizer, spec), spec, accelerator)
     held_out = loop.eval_batch(source.task, tokenizer, spec.eval_tokens, spec.seq_len)
@@ -101,6 +105,22 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
     model = accelerator.unwrap_model(student)
     after = loop.evaluate(teacher, model, held_out, source.task, accelerator.device)
     log.info("held-out %s after training: %.4f", after["metric"], after["value"])
+    record = _record(source, spec, plan, model, teacher, state, accelerator, start_step,
+                     {"losses": losses, "before": before, "after": after, "started": started})
+    if accelerator.is_main_process:
+        _write_output(model, tokenizer, source, record, out)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(checkpoint_root(out), ignore_errors=True)
+    return load_source(str(out), task=source.task)
+
+
+def _record(source: SourceModel, spec: DistillSpec, plan: Any, model: Any, teacher: Any, state: Any,
+            accelerator: Any, start_step: int, run: dict[str, Any]) -> dict[str, Any]:
+    """distill.json: provenance, student shape, losses, speed and the held-out metric before/after."""
+    from edgekit.compress.student import parameter_count
+
+    losses, before, after, started = run["losses"], run["before"], run["after"], run["started"]
     record = {
         "schema": "edgekit/distill@1",
         "teacher": source.fingerprint,
@@ -121,12 +141,7 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
                      "after": after["value"], "text": "edgekit.data.eval_texts() (Lee test corpus)"},
     }
     record["student"]["parameter_ratio"] = round(record["student"]["parameters"] / record["teacher_parameters"], 4)
-    if accelerator.is_main_process:
-        _write_output(model, tokenizer, source, record, out)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(checkpoint_root(out), ignore_errors=True)
-    return load_source(str(out), task=source.task)
+    return record
 
 
 def _write_output(model: Any, tokenizer: Any, source: SourceModel, record: dict[str, Any], out: Path) -> None:
