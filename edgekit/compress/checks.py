@@ -100,9 +100,8 @@ def speed(parent: Any, variant: Any, feeds: list[dict[str, np.ndarray]], runs: i
     out: dict[str, Any] = {"runs": runs, "cases": {}}
     slower = []
     for i, feed in enumerate(feeds[:2]):
-        case = "decode" if i == 1 else "prefill"
-        if feed["input_ids"].shape[1] == 1:
-            case = "decode"
+        past = [v for k, v in feed.items() if k.startswith("past_key_values")]
+        case = f"forward_{i}" if not past else ("decode" if past[0].shape[2] else "prefill")
         p, v = _time_pair(parent, variant, feed, runs)
         out["cases"][case] = {"fp32_ms": round(p, 3), "variant_ms": round(v, 3), "speedup": round(p / max(v, 1e-9), 3)}
         if v > p * SLOWER_MARGIN:
