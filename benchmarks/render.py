@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,15 @@ def llm_table(llm: list[dict[str, Any]]) -> list[str]:
             f"{_f(v.get('peak_rss_mb'), '.0f')} |"
         )
     return rows
+
+
+def _genai_note(llm: list[dict[str, Any]]) -> list[str]:
+    g = next((v for v in llm if v.get("fidelity_via")), None)
+    if g is None:
+        return []
+    same = g.get("same_greedy_tokens_as_plain_ort")
+    extra = "" if same is None else f"; its 64 greedy tokens {'match' if same else 'differ from'} that run's"
+    return [f"The builder row's fidelity is {g['fidelity_via']}{extra}.", ""]
 
 
 def enc_table(enc: list[dict[str, Any]]) -> list[str]:
@@ -130,7 +140,7 @@ def markdown(r: dict[str, Any], png: str) -> str:
         f"{s['rounds']} process(es) × {s['runs_per_round']} runs per variant, each runtime in its own process. "
         f"Fidelity vs PyTorch fp32 on {s['fidelity_tokens']} held-out tokens (edgekit.data.eval_texts, after the "
         f"prompt; windows of {s['window']}) with 95 % bootstrap CIs. Roofline = bandwidth / (weights read per token + "
-        "fp32 KV cache at the mean decode position); embedding tables only gathered from are not counted.",
+        "fp32 KV cache at the mean decode position); embedding tables only gathered from are not counted. Peak RSS is the worker process's high-water mark, including its fidelity pass (reference logits in memory).",
         "",
         *llm_table(r["llm"]),
         "",
@@ -164,7 +174,7 @@ def chart(r: dict[str, Any]) -> bytes:
         top1 = (v.get("fidelity") or {}).get("top1_agreement", {}).get("value")
         label = "ref" if v.get("baseline") else (f"top-1 {top1:.2f}" if top1 is not None else "")
         left.text(i, v["decode_tps_median"], label, ha="center", va="bottom", fontsize=8)
-    left.set_xticks(list(xs), [v["name"].replace(" ", "\n", 1) for v in llm], fontsize=7)
+    left.set_xticks(list(xs), [textwrap.fill(v["name"], 14) for v in llm], fontsize=7)
     left.set_ylabel("decode tokens/s (1 thread)")
     left.set_title("SmolLM2-135M decode (label: top-1 vs fp32)")
     left.legend()
@@ -180,7 +190,7 @@ def chart(r: dict[str, Any]) -> bytes:
             va="bottom",
             fontsize=8,
         )
-    right.set_xticks(range(len(enc)), [v["name"].replace(" ", "\n", 1) for v in enc], fontsize=7)
+    right.set_xticks(range(len(enc)), [textwrap.fill(v["name"], 14) for v in enc], fontsize=7)
     right.set_ylabel("ms per 8×128 batch (lower is better)")
     right.set_title("MiniLM-L6 latency (label: cosine vs PyTorch)")
     fig.tight_layout()

@@ -252,6 +252,7 @@ def summarize(
             if v.get("roofline_tps"):
                 v["roofline_fraction"] = v["decode_tps_median"] / v["roofline_tps"]
     _ratios(llm, "decode_tps_median", "ttft_ms_median")
+    _genai_fidelity(llm)
     ref_file = tmp / "enc-PyTorch fp32.npy"
     ref = np.load(ref_file) if ref_file.is_file() else None
     for v in enc:
@@ -261,6 +262,21 @@ def summarize(
         if ref is not None and emb_file.is_file() and v.get("latency_s"):
             v["cosine"] = analysis.cosine(ref, np.load(emb_file))
     _ratios(enc, None, "latency_ms_median")
+
+
+def _genai_fidelity(llm: list[dict[str, Any]]) -> None:
+    """The builder's model gets the fidelity of its own graph run through plain onnxruntime (same weights, same
+    ops; onnxruntime-genai exposes no full-sequence logits), and whether both produced the same greedy tokens."""
+    genai = next((v for v in llm if v["engine"] == "genai-gen" and v["status"] == "ok"), None)
+    same = next(
+        (v for v in llm if v["engine"] == "ort-gen" and genai and v.get("model") == genai.get("model")), None
+    )
+    if genai is None or same is None or not same.get("fidelity"):
+        return
+    genai["fidelity"] = same["fidelity"]
+    genai["fidelity_via"] = "its ONNX graph through plain onnxruntime (edgekit.runtime.Decoder)"
+    if genai.get("tokens") and same.get("tokens"):
+        genai["same_greedy_tokens_as_plain_ort"] = genai["tokens"] == same["tokens"]
 
 
 def _ratios(variants: list[dict[str, Any]], rate: str | None, latency: str) -> None:

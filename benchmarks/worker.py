@@ -89,7 +89,7 @@ def ort_gen(spec: dict[str, Any]) -> dict[str, Any]:
         if i:
             ttft.append(res.ttft_s)
             tps.append(len(res.step_s) / sum(res.step_s))
-    out: dict[str, Any] = {"ttft_s": ttft, "decode_tps": tps}
+    out: dict[str, Any] = {"ttft_s": ttft, "decode_tps": tps, "tokens": [int(t) for t in res.tokens]}
     if spec.get("fidelity_ref") and Path(spec["fidelity_ref"]).is_file():
         out["fidelity"] = _fidelity(dec, spec)
     return out
