@@ -21,7 +21,7 @@ from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
 from edgekit.errors import EdgekitError, InputError
 from edgekit.specs import Profile
-from edgekit.util import exclusive, peak_rss_mb
+from edgekit.util import exclusive, is_user_os_error, peak_rss_mb
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +88,9 @@ class _Stages:
             raise
         except Exception as exc:
             self._record(name, t0, ok=False)
+            if is_user_os_error(exc):
+                raise InputError(f"build stage '{name}' failed: {getattr(exc, 'strerror', exc)}: "
+                                 f"{getattr(exc, 'filename', '')}", hint="free space or choose another -o") from exc
             raise RuntimeError(f"build stage '{name}' failed unexpectedly: {type(exc).__name__}: {exc}") from exc
         self._record(name, t0, ok=True)
 
@@ -148,6 +151,8 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             variant, model_source, extra = _make_variant(stages, source, method, target, work, opts)
             report = stages.call("bench", lambda: _bench(variant, source, profile, opts))
             report.update(extra)
+            if "distill" in report:
+                report["distill"].update(retention(report))
             from edgekit.gate import gate as run_gate
 
             result = stages.call("gate", lambda: run_gate(report, profile))
@@ -160,6 +165,18 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             else:
                 shutil.rmtree(work, ignore_errors=True)
     return BuildResult(bundle, result, report, stages.records)
+
+
+def retention(report: dict[str, Any]) -> dict[str, float | None]:
+    """A distilled variant's fidelity kept, at its size ratio to the teacher (benched against the teacher)."""
+    perf, fid = report.get("performance") or {}, report.get("fidelity") or {}
+    size = ((perf.get("variant") or {}).get("model_size_mb") or {}).get("value")
+    teacher = ((perf.get("source") or {}).get("model_size_mb") or {}).get("value")
+    ppl_ratio = (fid.get("ppl_ratio") or {}).get("value")
+    top1 = (fid.get("top1_agreement") or fid.get("agreement") or fid.get("cosine_mean") or {}).get("value")
+    return {"size_ratio": round(size / teacher, 4) if size and teacher else None,
+            "ppl_retention": round(1.0 / ppl_ratio, 4) if ppl_ratio else None,
+            "agreement_retention": top1}
 
 
 def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: Path,

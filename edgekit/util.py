@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -11,6 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgekit.errors import InputError
+
+# OS errors that come from the user's environment (full disk, read-only or forbidden path), not from a bug.
+USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE})
+
+
+def is_user_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in USER_ERRNOS
 
 
 def cache_dir() -> Path:

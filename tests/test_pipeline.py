@@ -138,3 +138,15 @@ def test_build_minilm_x86_laptop(tmp_path: Path) -> None:
     assert res.returncode in (0, 1), res.stderr
     gate = json.loads((out / "gate.json").read_text())
     assert {r["name"]: r["status"] for r in gate["rules"]}["fidelity.cosine_min"] in ("pass", "FAIL")
+
+
+def test_build_distill_then_quantize_reports_retention(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "d"
+    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--method", "distill", "--then", "int8-weight",
+                  "--distill-steps", "3", "-o", str(out), *FAST)
+    assert res.returncode in (0, 1), res.stderr  # a 3-step student may well fail the fidelity floors
+    report = json.loads((out / "report.json").read_text())
+    d = report["distill"]
+    assert 0 < d["size_ratio"] < 1 and d["ppl_retention"] > 0
+    assert d["teacher"]["sha256"] != d["student"]["sha256"]
+    assert "distilled student" in res.stdout

@@ -6,7 +6,6 @@ gate/verify), click usage errors → 2, anything else → 3. `EDGEKIT_DEBUG=1` s
 
 from __future__ import annotations
 
-import errno
 import importlib
 import logging
 import os
@@ -16,8 +15,6 @@ from typing import Any
 import click
 
 from edgekit import __version__
-
-USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
 
 # command name → "module:attribute"; modules are imported only when their command runs (fast --help).
 COMMANDS: dict[str, str] = {
@@ -132,7 +129,9 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:
         if debug:
             raise
-        if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+        from edgekit.util import is_user_os_error
+
+        if isinstance(exc, OSError) and is_user_os_error(exc):
             # A full disk, a read-only or forbidden path is the user's environment, not our bug: exit 2.
             where = f": {exc.filename}" if exc.filename else ""
             click.echo(f"edgekit: error: {exc.strerror or exc}{where} (free space or choose another -o)", err=True)

@@ -56,6 +56,10 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
                     for s in result.stages], ["stage", "seconds", "peak RSS MB", "subprocess peak RSS MB"]))
         echo()
         print_gate(result.gate)
+        if "distill" in result.report:
+            d = result.report["distill"]
+            echo(f"distilled student: {d.get('size_ratio')}x the teacher's size, PPL retention {d.get('ppl_retention')}, "
+                 f"top-1 agreement {d.get('agreement_retention')} (vs the teacher)")
         mark = "" if result.passed else " — marked FAILED (gate.json, edgekit.json gate_passed: false)"
         echo(f"bundle: {result.bundle}{' (+ .tar.gz)' if archive else ''}{mark}")
     finish_gate(result.gate)
