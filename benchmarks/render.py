@@ -109,6 +109,59 @@ def profile_table(llm: list[dict[str, Any]]) -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def _top1(v: dict[str, Any]) -> float | None:
+    m = (v.get("fidelity") or {}).get("top1_agreement")
+    return None if m is None else float(m["value"])
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+def _best(llm: list[dict[str, Any]], prefix: str, top1_min: float) -> dict[str, Any] | None:
+    ok = [v for v in llm if str(v["method"]).startswith(prefix) and (_top1(v) or 0) >= top1_min]
+    return max(ok, key=lambda v: v["decode_tps_median"]) if ok else None
+
+
+def targets_table(r: dict[str, Any]) -> list[str]:
+    """The issue's targets, each against the fastest edgekit variant of this run that meets its fidelity bar."""
+    llm = [v for v in r["llm"] if v.get("decode_tps_median") and v["name"].startswith("edgekit ")]
+    rows = ["| target | best qualifying edgekit variant | value | verdict |", "|---|---|---|---|"]
+    for prefix, top1_min, goal in (("int4", 0.95, 8.0), ("int8", 0.98, 4.0)):
+        v = _best(llm, prefix, top1_min)
+        name = v["name"] if v else "none reaches the fidelity bar"
+        checks = [
+            (f"decode ≥ {goal:g}× PyTorch", v.get("vs_baseline_decode_tps_median") if v else None, goal, _x)
+        ]
+        if prefix == "int4":
+            checks += [
+                ("decode ≥ 1.0× builder int4", v.get("vs_peer_decode_tps_median") if v else None, 1.0, _x),
+                (
+                    "≥ 60 % of its roofline",
+                    v.get("roofline_fraction") if v else None,
+                    0.6,
+                    lambda x: _f(100 * x if x is not None else None, ".0f") + " %",
+                ),
+            ]
+        for what, val, bar, fmt in checks:
+            rows.append(
+                f"| SmolLM2 {prefix} {what} at top-1 ≥ {top1_min} | {name} | {fmt(val)} | "
+                f"{'NOT met' if v is None else _verdict(None if val is None else val >= bar)} |"
+            )
+    enc = next(
+        (v for v in r["encoder"] if v["name"] == "edgekit int8-dynamic" and v.get("latency_ms_median")), None
+    )
+    cos = (enc.get("cosine") or {}).get("cosine_mean") if enc else None
+    for key, goal, what in (("vs_baseline", 2.5, "PyTorch"), ("vs_peer", 1.0, "optimum-cli --avx2")):
+        val = enc.get(f"{key}_latency_ms_median") if enc else None
+        ok = None if val is None or cos is None else (val >= goal and cos >= 0.99)
+        rows.append(
+            f"| MiniLM int8 ≥ {goal:g}× {what} at cosine ≥ 0.99 | edgekit int8-dynamic (cosine "
+            f"{_f(cos, '.4f')}) | {_x(val)} | {_verdict(ok)} |"
+        )
+    return rows
+
+
 def machine_lines(r: dict[str, Any]) -> list[str]:
     m, bw = r["machine"], r["bandwidth"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
@@ -150,6 +203,10 @@ def markdown(r: dict[str, Any], png: str) -> str:
         "vs PyTorch fp32 over 64 eval sentences.",
         "",
         *enc_table(r["encoder"]),
+        "",
+        "## Targets (issue 9)",
+        "",
+        *targets_table(r),
         "",
         f"![decode tok/s and encoder latency]({png})",
         "",
