@@ -103,7 +103,7 @@ def estimate(c: Candidate, embed: int, other: int, profile: Profile) -> dict[str
     if not dev.host and dev.memory_bandwidth_gbps:
         # Half of peak bandwidth is what llama.cpp-class decoders sustain on such devices.
         decode = dev.memory_bandwidth_gbps * 1e9 * 0.5 / (size_mb * 1e6)
-    return {"size_mb": round(size_mb, 1), "decode_tokens_per_s": None if decode is None else round(decode, 1)}
+    return {"size_mb": round(size_mb, 3), "decode_tokens_per_s": None if decode is None else round(decode, 1)}
 
 
 def prune(outcome: Outcome, profile: Profile, task: str) -> None:
@@ -111,10 +111,11 @@ def prune(outcome: Outcome, profile: Profile, task: str) -> None:
     size = outcome.estimate["size_mb"]
     decode = outcome.estimate["decode_tokens_per_s"]
     if b.model_size_mb and size and size > b.model_size_mb * PRUNE_SLACK:
-        outcome.status, outcome.reason = "pruned", f"estimated size {size:.0f} MB > budget {b.model_size_mb:g} MB"
+        outcome.status, outcome.reason = "pruned", f"budgets.model_size_mb: estimated size {size:.3g} MB > budget {b.model_size_mb:g} MB"
     elif task == "text-generation" and b.decode_tokens_per_s_min and decode and decode * PRUNE_SLACK < b.decode_tokens_per_s_min:
         outcome.status = "pruned"
-        outcome.reason = f"estimated decode {decode:.1f} tok/s < budget {b.decode_tokens_per_s_min:g} tok/s"
+        outcome.reason = (f"budgets.decode_tokens_per_s_min: estimated decode {decode:.3g} tok/s < budget "
+                          f"{b.decode_tokens_per_s_min:g} tok/s")
 
 
 def _figures(report: dict[str, Any]) -> dict[str, float | None]:
@@ -186,9 +187,11 @@ def choose(outcomes: list[Outcome]) -> Outcome | None:
 def nearest_miss(outcomes: list[Outcome]) -> Outcome | None:
     """The benched candidate whose worst failing rule is closest to its threshold."""
     rejected = [o for o in outcomes if o.status == "rejected" and o.failed_rules]
-    if not rejected:
-        return None
-    return min(rejected, key=lambda o: max(abs(r.get("margin_pct") or 0.0) for r in o.failed_rules))
+    if rejected:
+        return min(rejected, key=lambda o: max(abs(r.get("margin_pct") or 0.0) for r in o.failed_rules))
+    # Nothing was benched: every candidate was pruned by its estimate; the smallest one misses by least.
+    pruned = [o for o in outcomes if o.status == "pruned"]
+    return min(pruned, key=lambda o: o.estimate["size_mb"] or 0.0) if pruned else None
 
 
 def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile: Profile, target: Target,

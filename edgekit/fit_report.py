@@ -50,14 +50,17 @@ def pareto_png(outcomes: list[Any], path: Path) -> None:
         if y is None:
             continue
         ok = o.status in ("passed", "chosen")
-        ax.scatter(o.figures["size_mb"], y, marker="o" if ok else "x", s=80 if o.status == "chosen" else 40,
-                   color="tab:green" if ok else "tab:red", edgecolors="black" if o.pareto else "none")
+        if ok:
+            ax.scatter(o.figures["size_mb"], y, marker="o", s=80 if o.status == "chosen" else 40, color="tab:green",
+                       edgecolors="black" if o.pareto else "none")
+        else:  # an unfilled marker has no edge: the Pareto flag shows as a thicker cross
+            ax.scatter(o.figures["size_mb"], y, marker="x", s=40, color="tab:red", linewidths=2.5 if o.pareto else 1.0)
         ax.annotate(o.candidate.label, (o.figures["size_mb"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("model size (MB)")
     ax.set_ylabel(label)
     if causal:
         ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_title("edgekit fit: green passes the profile, black edge = Pareto front")
+    ax.set_title("edgekit fit: green passes the profile; black edge / bold cross = Pareto front")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -79,3 +79,36 @@ def test_bad_methods_exit_2(methods: list[str], tiny_model, tmp_path: Path) -> N
                   "--methods", ",".join(methods))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+FAST = ("--eval-tokens", "48", "--max-time", "0.5")
+
+
+def test_fit_end_to_end_picks_and_explains(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "fit"
+    res = run_cli("fit", str(tiny_model("llama")), "--profile", "local", "-o", str(out), "--methods",
+                  "int8-weight,int4-rtn", "--max-candidates", "2", "--json", *FAST)
+    assert res.returncode in (0, 1), res.stderr
+    data = json.loads((out / "fit.json").read_text())
+    statuses = {c["label"]: c["status"] for c in data["candidates"]}
+    assert len(statuses) == 4  # int8-weight + int4-rtn at three block sizes
+    assert sum(s == "skipped" for s in statuses.values()) == 2  # --max-candidates 2
+    for c in data["candidates"]:
+        assert c["status"] in ("chosen", "passed") or c["reason"], c
+    assert (out / "fit.md").is_file() and (out / "fit.png").stat().st_size > 1000
+    assert run_cli("verify", str(out)).returncode == 0
+
+
+def test_fit_impossible_profile_names_nearest_miss(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import REPO, run_cli
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text((REPO / "profiles" / "local.yaml").read_text().replace("model_size_mb: 1000", "model_size_mb: 0.01"))
+    res = run_cli("fit", str(tiny_model("llama")), "--profile", str(prof), "-o", str(tmp_path / "fit"),
+                  "--methods", "int8-weight", *FAST)
+    assert res.returncode == 1
+    assert "nearest miss: int8-weight" in res.stderr and "budgets.model_size_mb" in res.stderr
