@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class Plan:
     work: Path
     exclude: set[str] = field(default_factory=set)
+    # Sensitive nodes a 4-bit method quantizes at 8 bit instead (the --max-top1-drop fallback).
+    upgrade: set[str] = field(default_factory=set)
     lm_head: str | None = None
     embedding: str | None = None
     gathers: list[str] = field(default_factory=list)
@@ -79,7 +81,7 @@ def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
     )
 
     head_bits = spec.bits if spec.lm_head_bits is None else spec.lm_head_bits
-    main_exclude = set(plan.exclude)
+    main_exclude = set(plan.exclude) | plan.upgrade
     if plan.lm_head and head_bits != spec.bits:
         main_exclude.add(plan.lm_head)
     if spec.algo == "hqq":
@@ -94,10 +96,15 @@ def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
         cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric,
                                            accuracy_level=spec.accuracy_level, bits=spec.bits)
     model = _nbits(model, cfg, spec, main_exclude, spec.bits)
+    # Later passes only find MatMuls the first one left: the lm_head, fallbacks, and keep-fp ones (excluded).
+    passes: dict[int, set[str]] = {8: set(plan.upgrade)} if plan.upgrade else {}
     if plan.lm_head and head_bits not in (0, spec.bits) and plan.lm_head not in plan.exclude:
-        head_cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=True,
-                                                accuracy_level=spec.accuracy_level, bits=head_bits)
-        model = _nbits(model, head_cfg, spec, set(plan.exclude), head_bits)
+        passes.setdefault(head_bits, set()).add(plan.lm_head)
+    for bits, names in passes.items():
+        cfg_n = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=True,
+                                             accuracy_level=spec.accuracy_level, bits=bits)
+        others = set(plan.exclude) | {n for group in passes.values() for n in group if n not in names}
+        model = _nbits(model, cfg_n, spec, others, bits)
     if spec.embed_bits and plan.embedding and plan.embedding not in plan.exclude:
         model = _embedding(model, spec, plan)
     return model

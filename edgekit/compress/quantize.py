@@ -150,10 +150,16 @@ def _fallback(spec: MethodSpec, artifact: OnnxArtifact, base: Any, plan: Plan, p
     scores = graph.sensitivity(base, candidates, bits, block)
     ranked = sorted(scores, key=lambda n: -scores[n])
     user_keep = set(plan.exclude)
+    # A 4-bit method falls back to 8 bit (near lossless, a quarter of fp32's bytes); others to float.
+    to_int8 = isinstance(spec, WeightOnlySpec) and spec.bits == 4
+    record["fallback"]["to"] = "int8" if to_int8 else "fp32"
     variant = None
     for frac in FALLBACK_FRACTIONS:
         k = max(1, math.ceil(len(ranked) * frac))
-        plan.exclude = user_keep | set(ranked[:k])
+        if to_int8:
+            plan.upgrade = set(ranked[:k])
+        else:
+            plan.exclude = user_keep | set(ranked[:k])
         variant, check = _quantize_checked(spec, artifact, plan, parent, seqs, tmp, record)
         steps.append({"kept": k, "score": checks.primary(check)})
         log.info("fallback: %d most sensitive MatMuls kept in float → %.4f", k, checks.primary(check))
@@ -162,7 +168,8 @@ def _fallback(spec: MethodSpec, artifact: OnnxArtifact, base: Any, plan: Plan, p
     record["fallback"]["kept"] = [{"name": n, "sensitivity": round(scores[n], 5)} for n in ranked[:k]]
     record["fallback"]["held"] = 1 - checks.primary(check) <= max_drop
     if not record["fallback"]["held"]:
-        msg = f"--max-top1-drop {max_drop}: still {1 - checks.primary(check):.3f} below fp32 with every MatMul in float"
+        msg = (f"--max-top1-drop {max_drop}: still {1 - checks.primary(check):.3f} below fp32 with every MatMul "
+               f"at {record['fallback']['to']}")
         log.warning(msg)
         record["warnings"].append(msg)
     return variant, check
@@ -236,6 +243,8 @@ def _bits_label(spec: MethodSpec, w: graph.WeightNode, plan: Plan, head_bits: in
             return f"int{spec.embed_bits}"
         if w.name == plan.lm_head and head_bits:
             return f"int{head_bits}"
+        if w.name in plan.upgrade:
+            return "int8: sensitivity fallback"
         return f"int{spec.bits}"
     return "int8"
 

@@ -147,8 +147,12 @@ def test_max_top1_drop_keeps_sensitive_matmuls(exported: Any, tmp_path: Path) ->
     assert len(fb["steps"]) > 1 and fb["kept"]
     assert out.meta["check"]["top1_agreement"] > plain.meta["check"]["top1_agreement"]
     assert fb["held"] == (1 - out.meta["check"]["top1_agreement"] <= 0.05)
-    kept = {k["name"] for k in fb["kept"]}
-    assert all(out.meta["nodes"]["decisions"][n] == "kept fp32: sensitivity fallback" for n in kept)
+    assert fb["to"] == "int8"  # a 4-bit method falls back to 8 bit, not float
+    kept = {k["name"] for k in fb["kept"]} - {"/lm_head/MatMul"}
+    assert kept and all(out.meta["nodes"]["decisions"][n] == "int8: sensitivity fallback" for n in kept)
+    model = onnx.load(str(out.path / "model.onnx"))
+    bits8 = [n for n in model.graph.node if n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 8 for a in n.attribute)]
+    assert len(bits8) == len(kept) + 1
     assert out.size_mb > plain.size_mb
 
 
