@@ -194,17 +194,50 @@ def nearest_miss(outcomes: list[Outcome]) -> Outcome | None:
     return min(pruned, key=lambda o: o.estimate["size_mb"] or 0.0) if pruned else None
 
 
+def _primary(c: Candidate) -> bool:
+    """The finest knob of each method: if it fails fidelity, the coarser ones of that method will too."""
+    block = dict(c.options).get("block_size")
+    return block is None or block == min(INT4_BLOCKS)
+
+
 def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile: Profile, target: Target,
            work: Path, *, deadline: float, max_candidates: int, workers: int, bench_options: dict[str, Any]) -> None:
-    """Evaluate the unpruned candidates cheapest first; failures are recorded and do not stop the search."""
+    """Evaluate the unpruned candidates; failures are recorded and do not stop the search.
+
+    Two rounds, each cheapest first: one candidate per method at its most faithful knob, then the coarser knobs
+    of only those methods whose first candidate kept the fidelity floors.
+    """
+    pending = sorted((o for o in outcomes if o.status == "pending"), key=lambda o: o.estimate["size_mb"] or 0.0)
+    first = [o for o in pending if _primary(o.candidate)]
+    budget = {"left": max_candidates}
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
+        _evaluate_round(first, pool, exported, source, profile, target, work, deadline, workers, budget, bench_options)
+        verdict = {o.candidate.method: o for o in first}
+        second = []
+        for o in pending:
+            if o in first:
+                continue
+            head = verdict.get(o.candidate.method)
+            lost = [r["name"] for r in (head.failed_rules if head else []) if r["name"].startswith("fidelity.")]
+            if head is not None and (head.status == "failed" or lost):
+                o.status = "pruned"
+                o.reason = f"{head.candidate.label} already {'failed' if head.status == 'failed' else 'misses ' + lost[0]}; coarser blocks lose more"
+            else:
+                second.append(o)
+        _evaluate_round(second, pool, exported, source, profile, target, work, deadline, workers, budget, bench_options)
+
+
+def _evaluate_round(todo: list[Outcome], pool: Any, exported: Path, source: SourceModel, profile: Profile,
+                    target: Target, work: Path, deadline: float, workers: int, budget: dict[str, int],
+                    bench_options: dict[str, Any]) -> None:
     from edgekit import progress
     from edgekit.gate import gate
 
-    todo = sorted((o for o in outcomes if o.status == "pending"), key=lambda o: o.estimate["size_mb"] or 0.0)
-    for extra in todo[max_candidates:]:
-        extra.status, extra.reason = "skipped", f"beyond --max-candidates {max_candidates}"
-    todo = todo[:max_candidates]
-    with progress.stage("fit: candidates", total=len(todo)) as st, ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
+    for extra in todo[budget["left"]:]:
+        extra.status, extra.reason = "skipped", "beyond --max-candidates"
+    todo = todo[: budget["left"]]
+    budget["left"] -= len(todo)
+    with progress.stage("fit: candidates", total=len(todo)) as st:
         for batch_start in range(0, len(todo), workers):
             batch = todo[batch_start: batch_start + workers]
             if time.monotonic() > deadline:

@@ -96,7 +96,8 @@ def test_fit_end_to_end_picks_and_explains(tiny_model, tmp_path: Path) -> None: 
     data = json.loads((out / "fit.json").read_text())
     statuses = {c["label"]: c["status"] for c in data["candidates"]}
     assert len(statuses) == 4  # int8-weight + int4-rtn at three block sizes
-    assert sum(s == "skipped" for s in statuses.values()) == 2  # --max-candidates 2
+    # int8-weight and int4-rtn at block 32 first; the coarser int4 blocks only if block 32 kept fidelity
+    assert sum(s in ("skipped", "pruned") for s in statuses.values()) == 2
     for c in data["candidates"]:
         assert c["status"] in ("chosen", "passed") or c["reason"], c
     assert (out / "fit.md").is_file() and (out / "fit.png").stat().st_size > 1000
