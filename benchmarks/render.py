@@ -162,6 +162,21 @@ def targets_table(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _profile_section(llm: list[dict[str, Any]]) -> list[str]:
+    rows = profile_table(llm)
+    if not rows:
+        return []
+    head = "### What a decode step spends its time on (onnxruntime profiler, 16 steps, 1 thread)"
+    return [
+        head,
+        "",
+        "Profiling inflates every node a little; read the split, not the absolute times.",
+        "",
+        *rows,
+        "",
+    ]
+
+
 def machine_lines(r: dict[str, Any]) -> list[str]:
     m, bw = r["machine"], r["bandwidth"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
@@ -197,6 +212,9 @@ def markdown(r: dict[str, Any], png: str) -> str:
         "",
         *llm_table(r["llm"]),
         "",
+        *_genai_note(r["llm"]),
+        *_profile_section(r["llm"]),
+        *([str(r["notes"]), ""] if r.get("notes") else []),
         f"## MiniLM-L6: one {s['encoder_batch'][0]}×{s['encoder_batch'][1]} batch",
         "",
         "Latency per batch, 1 thread, median over ≥ 10 runs per process; cosine of mean-pooled normalized embeddings "
