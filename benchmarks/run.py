@@ -189,9 +189,15 @@ def run_worker(v: dict[str, Any], spec: dict[str, Any], tmp: Path, timeout: floa
 
 
 def measure(
-    variants: list[dict[str, Any]], specs: dict[str, dict[str, Any]], args: argparse.Namespace, tmp: Path
+    variants: list[dict[str, Any]],
+    specs: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    tmp: Path,
+    *,
+    first: int = 1,
 ) -> None:
-    """Rounds over the variants in rotating order; one fresh process per variant per round."""
+    """Rounds over the variants in rotating order; one fresh process per variant per round (`first`: the
+    number the first round is logged as)."""
     live = [v for v in variants if v["status"] == "ok"]
     for r in range(args.rounds):
         order = live[r % len(live) :] + live[: r % len(live)] if live else []
@@ -206,8 +212,8 @@ def measure(
             try:
                 res = run_worker(v, spec, tmp, args.timeout)
             except Exception as exc:  # a crashing variant is a result, not the end of the run
-                v["status"], v["error"] = "failed", f"round {r + 1}: {exc}"
-                print(f"  round {r + 1} {v['name']}: FAILED {exc}", flush=True)
+                v["status"], v["error"] = "failed", f"round {r + first}: {exc}"
+                print(f"  round {r + first} {v['name']}: FAILED {exc}", flush=True)
                 continue
             for key in ("ttft_s", "decode_tps", "latency_s"):
                 v.setdefault(key, []).extend(res.get(key, []))
@@ -215,7 +221,9 @@ def measure(
                 if key in res:
                     v[key] = res[key]
             v["peak_rss_mb"] = max(v.get("peak_rss_mb", 0), res.get("peak_rss_mb", 0))
-            print(f"  round {r + 1} {v['name']}: {time.perf_counter() - t0:.0f} s {_brief(res)}", flush=True)
+            print(
+                f"  round {r + first} {v['name']}: {time.perf_counter() - t0:.0f} s {_brief(res)}", flush=True
+            )
 
 
 def _brief(res: dict[str, Any]) -> str:
@@ -413,7 +421,13 @@ def measure_all(
         measure(rest, llm_specs, args_one(args), tmp)
         if args.rounds > 1:
             extra = argparse.Namespace(**{**vars(args), "rounds": args.rounds - 1})
-            measure(llm, {"llm": {**specs["llm"], "fidelity_out": None, "fidelity_ref": None}}, extra, tmp)
+            measure(
+                llm,
+                {"llm": {**specs["llm"], "fidelity_out": None, "fidelity_ref": None}},
+                extra,
+                tmp,
+                first=2,
+            )
     for v in enc:
         specs_v = {"enc": {**specs["enc"], **v["_spec_extra"]}}
         measure([v], specs_v, args_one(args), tmp)
@@ -421,7 +435,7 @@ def measure_all(
         for r in range(1, args.rounds):
             order = enc[r % len(enc) :] + enc[: r % len(enc)]
             for v in order:
-                measure([v], {"enc": {**specs["enc"], **v["_spec_extra"]}}, args_one(args), tmp)
+                measure([v], {"enc": {**specs["enc"], **v["_spec_extra"]}}, args_one(args), tmp, first=r + 1)
 
 
 def args_one(args: argparse.Namespace) -> argparse.Namespace:
