@@ -322,7 +322,8 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
     for o in outcomes:
         prune(o, profile, source.task)
     with exclusive(out):
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+        # Absolute: quantizers run tools inside their own temp folders, where a relative path breaks.
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent)).resolve()
         try:
             exported = export(source, target, work / "export").path
             search(outcomes, exported, source, profile, target, work, deadline=deadline, max_candidates=max_candidates,

@@ -113,3 +113,13 @@ def test_fit_impossible_profile_names_nearest_miss(tiny_model, tmp_path: Path) -
                   "--methods", "int8-weight", *FAST)
     assert res.returncode == 1
     assert "nearest miss: int8-weight" in res.stderr and "budgets.model_size_mb" in res.stderr
+
+
+def test_fit_relative_output_with_a_tool_that_changes_directory(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """quantize_dynamic runs inside its own temp folder: a relative work path once broke it."""
+    from tests.conftest import run_cli
+
+    res = run_cli("fit", str(tiny_model("bert-emb")), "--profile", "local", "-o", "fit", "--methods", "int8-dynamic",
+                  *FAST, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "failed" not in res.stdout
