@@ -12,17 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bench.fidelity import log_softmax
+
 log = logging.getLogger(__name__)
 
 TOP1_FLOOR = 0.9
 COSINE_FLOOR = 0.99
 SLOWER_MARGIN = 1.05
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def decoder_agreement(parent: Any, variant: Any, seqs: list[list[int]]) -> dict[str, float]:
@@ -34,7 +30,7 @@ def decoder_agreement(parent: Any, variant: Any, seqs: list[list[int]]) -> dict[
     for seq in seqs:
         a, b = ref.logits(seq), var.logits(seq)
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-        lp, lq = _log_softmax(a), _log_softmax(b)
+        lp, lq = log_softmax(a), log_softmax(b)
         kld += float((np.exp(lp) * (lp - lq)).sum())
         n += len(seq)
     return {"top1_agreement": round(agree / max(n, 1), 4), "kld_mean": round(kld / max(n, 1), 6), "tokens": n}
