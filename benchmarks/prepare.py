@@ -60,12 +60,12 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{cmd[0]} {' '.join(cmd[1:3])} ... exited {proc.returncode}: {tail[0][:300]}")
 
 
-def edgekit_fp32(source: Any, name: str) -> Path:
+def edgekit_fp32(source: Any, name: str, graph: str = "auto") -> Path:
     from edgekit.catalog import load_target
     from edgekit.export import export
 
     # Parity is skipped here: run.py measures every variant's fidelity against PyTorch itself.
-    return cached(name, lambda tmp: export(source, load_target(TARGET), tmp, parity=False) and None)
+    return cached(name, lambda tmp: export(source, load_target(TARGET), tmp, parity=False, graph=graph) and None)
 
 
 def edgekit_compressed(fp32: Path, method: str, name: str) -> Path:

@@ -64,16 +64,17 @@ def llm_variants(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
     out = [
         _variant("PyTorch fp32 eager", "llm", "torch-gen", hf=str(source.path), method="fp32", baseline=True)
     ]
+    # edgekit's default decoder graph is the fused writer's; cache names carry the graph so they never mix.
     fp32 = _variant("edgekit fp32", "llm", "ort-gen", method="fp32")
-    _build(fp32, prepare.edgekit_fp32, source, "smollm2-fp32")
+    _build(fp32, prepare.edgekit_fp32, source, "smollm2-fused-fp32", "fused")
     out.append(fp32)
     for method in args.methods:
-        v = _variant(f"edgekit {method}", "llm", "ort-gen", method=method)
-        if fp32["status"] == "ok":
-            _build(v, prepare.edgekit_compressed, Path(fp32["model"]).parent, method, f"smollm2-{method}")
-        else:
-            v["status"], v["error"] = "failed", "prepare: the fp32 export failed"
-        out.append(v)
+        out.append(_compressed(f"edgekit {method}", fp32, method, f"smollm2-fused-{method}"))
+    if not args.skip_traced:
+        # The same quantizer on optimum's traced graph: what the fused writer buys.
+        traced = _variant("edgekit fp32, traced graph", "llm", "ort-gen", method="fp32")
+        _build(traced, prepare.edgekit_fp32, source, "smollm2-traced-fp32", "optimum")
+        out += [traced, _compressed("edgekit int4-rtn, traced graph", traced, "int4-rtn", "smollm2-traced-int4-rtn")]
     if not args.skip_genai:
         genai = _variant(
             f"ORT-GenAI {prepare.GENAI_VERSION} builder int4",
@@ -96,6 +97,15 @@ def llm_variants(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
                 )
             )
     return out, source
+
+
+def _compressed(name: str, fp32: dict[str, Any], method: str, cache_name: str) -> dict[str, Any]:
+    v = _variant(name, "llm", "ort-gen", method=method)
+    if fp32["status"] == "ok":
+        _build(v, prepare.edgekit_compressed, Path(fp32["model"]).parent, method, cache_name)
+    else:
+        v["status"], v["error"] = "failed", "prepare: the fp32 export failed"
+    return v
 
 
 def enc_variants() -> tuple[list[dict[str, Any]], Any]:
@@ -331,6 +341,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-genai", action="store_true", help="leave out the onnxruntime-genai builder")
     p.add_argument("--skip-llm", action="store_true")
+    p.add_argument("--skip-traced", action="store_true", help="leave out the optimum-traced graph reference rows")
     p.add_argument(
         "--no-profile", action="store_true", help="skip the per-op decode profile of each ONNX variant"
     )

@@ -33,31 +33,43 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
 def export(source: SourceModel, target: Target, out: Path | str, *, opset: int | None = None,
-           parity: bool = True) -> OnnxArtifact:
-    """Export `source` to an ONNX folder at `out` (written atomically) and return it."""
+           parity: bool = True, graph: str | None = None) -> OnnxArtifact:
+    """Export `source` to an ONNX folder at `out` (written atomically) and return it.
+
+    `graph` picks the writer: "fused" (edgekit.fused: GroupQueryAttention graph for Llama-family decoders),
+    "optimum" (traced by optimum-onnx), or "auto" (fused where supported); default: the target's.
+    """
     out = Path(out)
     if source.format == "onnx":
         return _adopt_onnx(source, target, out)
     if source.task not in OPTIMUM_TASKS:
         raise UnsupportedError(f"task '{source.task}' cannot be exported (supported: {', '.join(OPTIMUM_TASKS)})")
+    writer = choose_writer(source, graph or target.export.graph)
     record: dict[str, Any] = {
         "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
-        "source": source.fingerprint, "timings_s": {}, "versions": _versions(),
+        "source": source.fingerprint, "timings_s": {}, "versions": _versions(), "graph": {"writer": writer},
     }
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
         t0 = time.perf_counter()
-        with progress.stage("export: onnx graph"):
-            _optimum_export(source, raw, opset or target.export.opset)
+        model = source.load_model() if parity or writer == "fused" else None
+        tokenizer = source.load_tokenizer() if parity else None
+        with progress.stage(f"export: onnx graph ({writer})"):
+            if writer == "fused":
+                record["graph"] = _fused_export(source, model, raw, opset or target.export.opset)
+            else:
+                _optimum_export(source, raw, opset or target.export.opset)
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
-        model, tokenizer = (source.load_model(), source.load_tokenizer()) if parity else (None, None)
         chosen = raw / MODEL_FILE
         if parity:
             with progress.stage("export: parity (raw graph)"):
                 record["parity_raw"] = _parity(source, chosen, model, tokenizer, "export").to_dict()
         t1 = time.perf_counter()
         with progress.stage(f"export: optimize ({target.optimize.graph_level})"):
-            optimized, record["optimization"] = _optimize(source, raw, tmp / "opt", target)
+            if writer == "fused":  # already fused; the device session applies the rest at load time
+                optimized, record["optimization"] = None, {"graph_level": "fused by writer"}
+            else:
+                optimized, record["optimization"] = _optimize(source, raw, tmp / "opt", target)
         record["timings_s"]["optimize"] = round(time.perf_counter() - t1, 2)
         if optimized is not None and parity:
             try:
@@ -70,6 +82,8 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
                 record["parity"] = record["parity_raw"]
         elif optimized is not None:
             chosen = optimized
+        elif parity:
+            record["parity"] = record["parity_raw"]
         record["optimization"]["shipped"] = "optimized" if chosen == optimized else "raw"
         _finalize(chosen, raw, tmp, record)
         record["timings_s"]["total"] = round(time.perf_counter() - t0, 2)
@@ -82,6 +96,34 @@ def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, s
     from edgekit.parity import check_parity
 
     return check_parity(source, model_file, model=model, tokenizer=tokenizer, stage=stage)
+
+
+def choose_writer(source: SourceModel, wanted: str) -> str:
+    """"fused" or "optimum" for this source; asking for "fused" where it cannot be written is an error."""
+    from edgekit import fused
+
+    if wanted == "optimum" or source.task != "text-generation":
+        if wanted == "fused":
+            raise UnsupportedError(f"the fused writer writes decoders only, not {source.task}; use --graph optimum")
+        return "optimum"
+    reason = fused.unsupported_reason(source.model_type, source.config)
+    if reason is None:
+        return "fused"
+    if wanted == "fused":
+        raise UnsupportedError(f"the fused writer does not support {reason}; use --graph optimum")
+    log.info("fused writer does not cover %s: exporting through optimum", reason)
+    return "optimum"
+
+
+def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int) -> dict[str, Any]:
+    from edgekit import fused
+
+    raw.mkdir(parents=True)
+    info = fused.write(model, raw / MODEL_FILE, opset=opset)
+    for name in SIDE_FILES:
+        if (source.path / name).is_file():
+            shutil.copy2(source.path / name, raw / name)
+    return info
 
 
 def _optimum_export(source: SourceModel, raw: Path, opset: int) -> None:

@@ -45,6 +45,9 @@ class Spec(BaseModel):
 class ExportSettings(Spec):
     opset: Annotated[int, Field(ge=14, le=23)] = 17
     dtype: Literal["fp32", "fp16"] = "fp32"
+    # Decoder graph writer: "fused" (edgekit.fused, GroupQueryAttention), "optimum" (traced), "auto" = fused
+    # where the architecture is covered.
+    graph: Literal["auto", "fused", "optimum"] = "auto"
 
 
 class OptimizeSettings(Spec):

@@ -15,11 +15,14 @@ from edgekit.cli.options import common_options, echo, emit_json, table
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--task", default=None, help="Force the task: text-generation, text-classification, feature-extraction.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's).")
+@click.option("--graph", type=click.Choice(["auto", "fused", "optimum"]), default=None,
+              help="Decoder graph writer: fused (GroupQueryAttention, Llama/Mistral/Qwen2), optimum, or auto "
+                   "(default: the target's, auto).")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX vs PyTorch parity check (not recommended).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
 @common_options
-def export(source: str, target_name: str, out: Path, task: str | None, opset: int | None, no_parity: bool,
-           trust_remote_code: bool, as_json: bool) -> None:
+def export(source: str, target_name: str, out: Path, task: str | None, opset: int | None, graph: str | None,
+           no_parity: bool, trust_remote_code: bool, as_json: bool) -> None:
     """Export SOURCE to ONNX for a target, optimize it, and check parity against PyTorch."""
     from edgekit.catalog import load_target
     from edgekit.export import export as run_export
@@ -27,22 +30,30 @@ def export(source: str, target_name: str, out: Path, task: str | None, opset: in
 
     target = load_target(target_name)
     src = load_source(source, task=task, trust_remote_code=trust_remote_code)
-    artifact = run_export(src, target, out, opset=opset, parity=not no_parity)
+    artifact = run_export(src, target, out, opset=opset, parity=not no_parity, graph=graph)
     meta = artifact.meta
     if as_json:
         emit_json({"output": str(artifact.path), **meta})
         return
     parity = meta.get("parity") or {}
-    opt = meta.get("optimization") or {}
     rows = [
         ("output", str(artifact.path)),
         ("task", artifact.task),
         ("size MB", f"{artifact.size_mb:.1f}"),
         ("KV cache", "yes" if meta.get("with_past") else "no"),
-        ("graph", f"{opt.get('shipped', 'raw')} ({', '.join(opt.get('fused_ops', {})) or 'no fusions'})"),
+        ("graph", _graph_line(meta)),
         ("parity max |diff|", parity.get("max_abs_diff")),
         ("parity top-1", parity.get("top1_agreement")),
         ("time s", meta.get("timings_s", {}).get("total")),
         ("peak RSS MB", meta.get("peak_rss_mb")),
     ]
     echo(table(rows, ["export", "value"]))
+
+
+def _graph_line(meta: dict[str, object]) -> str:
+    graph = meta.get("graph") or {}
+    opt = meta.get("optimization") or {}
+    assert isinstance(graph, dict) and isinstance(opt, dict)
+    if graph.get("writer") == "edgekit.fused":
+        return f"fused writer, {graph.get('nodes')} nodes ({graph.get('attention')})"
+    return f"optimum, {opt.get('shipped', 'raw')} ({', '.join(opt.get('fused_ops', {})) or 'no fusions'})"

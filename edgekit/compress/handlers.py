@@ -105,6 +105,12 @@ def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
                                              accuracy_level=spec.accuracy_level, bits=bits)
         others = set(plan.exclude) | {n for group in passes.values() for n in group if n not in names}
         model = _nbits(model, cfg_n, spec, others, bits)
+    if spec.algo == "hqq":  # last: the fp32 correction MatMuls it adds must not meet another quantizer pass
+        from edgekit.compress.offsets import split_float_offsets
+
+        split = split_float_offsets(model, spec.accuracy_level)
+        plan.notes.append(f"HQQ float zero points split into symmetric 4-bit + block offsets on {split} MatMuls "
+                          "(onnxruntime's fast kernels take integer zero points only)")
     if spec.embed_bits and plan.embedding and plan.embedding not in plan.exclude:
         model = _embedding(model, spec, plan)
     return model

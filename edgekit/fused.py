@@ -1,0 +1,216 @@
+"""A small explicit ONNX writer for Llama-family decoders with onnxruntime's fused operators.
+
+optimum's export traces PyTorch, so every layer arrives as rotary maths, causal-mask plumbing and KV
+concatenation spelled out in ~100 small ops (3,153 nodes per SmolLM2 step); dispatching them costs more than
+the weight reads of an int4 model. This writer emits the graph onnxruntime-genai's model builder emits
+instead — GroupQueryAttention with the rotary embedding inside, SkipSimplifiedLayerNormalization, one packed
+QKV MatMul — about ten nodes a layer, from the PyTorch module's own weights and rotary tables. Inputs and
+outputs keep optimum's decoder-with-past names (input_ids, attention_mask, past_key_values.N.key/value →
+logits, present.N.key/value) so everything downstream (quantizers, runtime, bench) is unchanged; parity
+against PyTorch is checked like any export.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import UnsupportedError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+MS = "com.microsoft"
+# Rotary tables cover this many positions at most; longer contexts are refused by GroupQueryAttention.
+MAX_ROTARY_POSITIONS = 32768
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eps: float
+    window: int
+    positions: int
+
+
+def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
+    """Why the fused writer cannot write this model (None when it can)."""
+    if model_type not in SUPPORTED:
+        return f"architecture {model_type} (fused writer covers {', '.join(SUPPORTED)})"
+    if config.get("hidden_act", "silu") != "silu":
+        return f"activation {config.get('hidden_act')}"
+    if model_type == "qwen2" and config.get("use_sliding_window"):
+        return "Qwen2 sliding-window layers"
+    rope = config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        return f"rope scaling '{rope.get('rope_type', rope.get('type'))}' (position-dependent tables)"
+    return None
+
+
+def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
+    """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`."""
+    import onnx
+
+    reason = unsupported_reason(model.config.model_type, model.config.to_dict())
+    if reason:
+        raise UnsupportedError(f"the fused writer does not support {reason}; use --graph optimum")
+    shape = _shape(model.config)
+    w = _Writer()
+    _write_inputs(w, shape)
+    hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
+                    "/model/embed_tokens")
+    cos, sin = _rotary_tables(model, shape)
+    w.init_named("cos_cache", cos)
+    w.init_named("sin_cache", sin)
+    residual, pending = hidden, None
+    for i, layer in enumerate(model.model.layers):
+        residual, pending = _write_layer(w, layer, i, shape, residual, pending)
+    normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
+    lm_head = _np(model.lm_head.weight).T
+    w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
+    graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs, w.inits)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(MS, 1)],
+                                   producer_name="edgekit")
+    total = sum(t.ByteSize() for t in w.inits)
+    onnx.save_model(proto, str(out_file), save_as_external_data=total > 1_500_000_000, all_tensors_to_one_file=True,
+                    location=out_file.name + ".data", size_threshold=1024)
+    log.info("fused writer: %d layers, %d nodes", shape.layers, len(w.nodes))
+    return {"writer": "edgekit.fused", "nodes": len(w.nodes), "layers": shape.layers,
+            "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions}
+
+
+def _np(t: Any) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().float().cpu().numpy())
+
+
+def _shape(cfg: Any) -> Shape:
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    window = getattr(cfg, "sliding_window", None) if cfg.model_type == "mistral" else None
+    return Shape(
+        layers=int(cfg.num_hidden_layers), hidden=int(cfg.hidden_size), heads=heads,
+        kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads), head_dim=head_dim,
+        vocab=int(cfg.vocab_size), eps=float(cfg.rms_norm_eps), window=int(window) if window else -1,
+        positions=min(int(cfg.max_position_embeddings), MAX_ROTARY_POSITIONS),
+    )
+
+
+def _rotary_tables(model: Any, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [positions, head_dim/2] from the model's own rotary module (so rope scaling is honoured)."""
+    import torch
+
+    rotary = model.model.rotary_emb
+    pos = torch.arange(shape.positions, dtype=torch.int64)[None, :]
+    with torch.no_grad():
+        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
+    half = shape.head_dim // 2
+    return _np(cos[0, :, :half]), _np(sin[0, :, :half])
+
+
+def _write_inputs(w: _Writer, s: Shape) -> None:
+    from onnx import TensorProto
+    from onnx.helper import make_tensor_value_info as vi
+
+    w.inputs += [vi("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+                 vi("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])]
+    kv: list[str | int] = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
+    present: list[str | int] = ["batch_size", s.kv_heads, "total_sequence_length", s.head_dim]
+    for i in range(s.layers):
+        for kind in ("key", "value"):
+            w.inputs.append(vi(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv))
+    w.outputs.append(vi("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", s.vocab]))
+    for i in range(s.layers):
+        for kind in ("key", "value"):
+            w.outputs.append(vi(f"present.{i}.{kind}", TensorProto.FLOAT, present))
+    # GroupQueryAttention wants int32 lengths: seqlens_k = tokens seen - 1 per row, and the total length.
+    one = w.const("one_i64", np.asarray([1], dtype=np.int64))
+    summed = w.node("ReduceSum", ["attention_mask", one], "/mask/ReduceSum", keepdims=0)
+    w.node("Cast", [w.node("Sub", [summed, one], "/mask/Sub")], "/mask/seqlens_k", out="seqlens_k", to=TensorProto.INT32)
+    length = w.node("Gather", [w.node("Shape", ["attention_mask"], "/mask/Shape"), w.const("idx1", np.asarray(1, dtype=np.int64))],
+                    "/mask/Gather", axis=0)
+    w.node("Cast", [length], "/mask/total_len", out="total_sequence_length", to=TensorProto.INT32)
+
+
+def _write_layer(w: _Writer, layer: Any, i: int, s: Shape, residual: str, pending: str | None) -> tuple[str, str]:
+    p = f"/model/layers.{i}"
+    attn, mlp = layer.self_attn, layer.mlp
+    norm_w = _np(layer.input_layernorm.weight)
+    if pending is None:
+        x = w.node("SimplifiedLayerNormalization", [residual, w.init(f"{p}.input_layernorm.weight", norm_w)],
+                   f"{p}/input_layernorm", epsilon=s.eps, axis=-1, stash_type=1)
+    else:
+        x, residual = w.skip_norm(residual, pending, norm_w, f"{p}/input_layernorm", s.eps)
+    qkv_w = np.concatenate([_np(attn.q_proj.weight), _np(attn.k_proj.weight), _np(attn.v_proj.weight)]).T
+    biases = [getattr(attn, n).bias for n in ("q_proj", "k_proj", "v_proj")]
+    qkv_b = np.concatenate([_np(b) for b in biases]) if all(b is not None for b in biases) else None
+    qkv = w.linear(x, qkv_w, qkv_b, f"{p}/attn/qkv_proj")
+    gqa_in = [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+              "total_sequence_length", "cos_cache", "sin_cache"]
+    out = w.node("GroupQueryAttention", gqa_in, f"{p}/attn/GroupQueryAttention", domain=MS,
+                 extra_out=[f"present.{i}.key", f"present.{i}.value"], num_heads=s.heads, kv_num_heads=s.kv_heads,
+                 scale=float(s.head_dim ** -0.5), local_window_size=s.window, do_rotary=1, rotary_interleaved=0)
+    o = w.linear(out, _np(attn.o_proj.weight).T, _bias(attn.o_proj), f"{p}/attn/o_proj")
+    x2, residual = w.skip_norm(residual, o, _np(layer.post_attention_layernorm.weight), f"{p}/post_attention_layernorm", s.eps)
+    gate = w.linear(x2, _np(mlp.gate_proj.weight).T, _bias(mlp.gate_proj), f"{p}/mlp/gate_proj")
+    up = w.linear(x2, _np(mlp.up_proj.weight).T, _bias(mlp.up_proj), f"{p}/mlp/up_proj")
+    act = w.node("Mul", [gate, w.node("Sigmoid", [gate], f"{p}/mlp/act/Sigmoid")], f"{p}/mlp/act/Mul")
+    down_in = w.node("Mul", [act, up], f"{p}/mlp/Mul")
+    down = w.linear(down_in, _np(mlp.down_proj.weight).T, _bias(mlp.down_proj), f"{p}/mlp/down_proj")
+    return residual, down
+
+
+def _bias(linear: Any) -> np.ndarray | None:
+    return None if linear.bias is None else _np(linear.bias)
+
+
+class _Writer:
+    """Accumulates nodes and initializers; every node output is named after its node."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.inputs: list[Any] = []
+        self.outputs: list[Any] = []
+
+    def init_named(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        return self.init_named(name.strip("/").replace("/", "."), array)
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        return self.init_named(f"/const/{name}", array)
+
+    def node(self, op: str, inputs: list[str], name: str, *, out: str | None = None, domain: str = "",
+             extra_out: list[str] | None = None, **attrs: Any) -> str:
+        from onnx import helper
+
+        output = out or f"{name}/output_0"
+        self.nodes.append(helper.make_node(op, inputs, [output, *(extra_out or [])], name=name, domain=domain or None, **attrs))
+        return output
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
+        y = self.node("MatMul", [x, self.init(f"{name}.weight", weight)], f"{name}/MatMul")
+        return y if bias is None else self.node("Add", [y, self.init(f"{name}.bias", bias)], f"{name}/Add")
+
+    def skip_norm(self, residual: str, delta: str | None, weight: np.ndarray, name: str, eps: float) -> tuple[str, str]:
+        """(normed, residual + delta) through one SkipSimplifiedLayerNormalization."""
+        from onnx import helper
+
+        normed, summed = f"{name}/output_0", f"{name}/output_3"
+        inputs = [residual, delta or "", self.init(f"{name}.weight", weight)]
+        self.nodes.append(helper.make_node("SkipSimplifiedLayerNormalization", inputs, [normed, "", "", summed],
+                                           name=name, domain=MS, epsilon=eps))
+        return normed, summed

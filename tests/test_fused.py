@@ -1,0 +1,81 @@
+"""The fused decoder writer (edgekit.fused): GroupQueryAttention graphs that match PyTorch and optimum's export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from edgekit import fused
+from edgekit.catalog import load_target
+from edgekit.errors import UnsupportedError
+from edgekit.export import choose_writer, export
+from edgekit.runtime import Decoder, make_session
+from edgekit.source import load_source
+from tests.conftest import run_cli
+
+AVX2 = load_target("x86-avx2")
+
+
+def _ops(folder: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node:
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return out
+
+
+def _greedy_logits(folder: Path, steps: int = 4) -> np.ndarray:
+    dec = Decoder(make_session(folder / "model.onnx"))
+    ids = [5, 17, 42, 99, 7, 3, 11]
+    logits, cache = dec.forward(np.asarray([ids], dtype=np.int64), None, 0)
+    rows = [logits[0, -1]]
+    for _ in range(steps):
+        nxt = int(logits[0, -1].argmax())
+        logits, cache = dec.forward(np.asarray([[nxt]], dtype=np.int64), cache, len(ids))
+        ids.append(nxt)
+        rows.append(logits[0, -1])
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
+def test_fused_graph_matches_optimum_and_pytorch(name: str, tiny_model: Any, tmp_path: Path) -> None:
+    src = load_source(str(tiny_model(name)))
+    fused_dir = export(src, AVX2, tmp_path / "fused", graph="fused").path
+    traced_dir = export(src, AVX2, tmp_path / "optimum", graph="optimum", parity=False).path
+    record = json.loads((fused_dir / "export.json").read_text())
+    assert record["graph"]["writer"] == "edgekit.fused"
+    assert record["parity"]["passed"] and record["parity"]["top1_agreement"] == 1.0
+    ops = _ops(fused_dir)
+    layers = src.config["num_hidden_layers"]
+    assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+    assert sum(ops.values()) < sum(_ops(traced_dir).values()) / 3
+    # Prefill then four KV-cache steps: the same logits as optimum's traced graph.
+    np.testing.assert_allclose(_greedy_logits(fused_dir), _greedy_logits(traced_dir), atol=2e-4, rtol=1e-4)
+
+
+def test_writer_choice(tiny_model: Any) -> None:
+    gpt2 = load_source(str(tiny_model("gpt2")))
+    llama = load_source(str(tiny_model("llama")))
+    assert choose_writer(llama, "auto") == "fused" and choose_writer(llama, "optimum") == "optimum"
+    assert choose_writer(gpt2, "auto") == "optimum"
+    with pytest.raises(UnsupportedError, match="use --graph optimum"):
+        choose_writer(gpt2, "fused")
+
+
+def test_unsupported_configs_are_named() -> None:
+    assert fused.unsupported_reason("llama", {"hidden_act": "silu"}) is None
+    assert "gelu" in (fused.unsupported_reason("llama", {"hidden_act": "gelu"}) or "")
+    assert "dynamic" in (fused.unsupported_reason("llama", {"rope_scaling": {"rope_type": "dynamic"}}) or "")
+    assert "gpt2" in (fused.unsupported_reason("gpt2", {}) or "")
+
+
+def test_cli_fused_for_an_encoder_exits_2(tiny_model: Any, tmp_path: Path) -> None:
+    res = run_cli("export", str(tiny_model("bert-emb")), "--target", "x86-avx2", "-o", str(tmp_path / "x"),
+                  "--graph", "fused")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "use --graph optimum" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
