@@ -159,6 +159,7 @@ def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, co
     import onnxruntime as ort
 
     from edgekit.catalog import load_target
+    from edgekit.runtime import CPU_DISABLED_OPTIMIZERS
 
     profile = report.get("profile") or {}
     target = load_target(str(profile.get("target") or artifact.meta.get("target")))
@@ -183,7 +184,8 @@ def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, co
             "providers": list(target.execution_providers),
             "threads": threads,
             "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1,
-                                "execution_mode": "sequential", "graph_optimization_level": "all"},
+                                "execution_mode": "sequential", "graph_optimization_level": "all",
+                                "disabled_optimizers_on_cpu": list(CPU_DISABLED_OPTIMIZERS)},
         },
         "io": record.get("io") or (record.get("export") or {}).get("io"),
         "with_past": record.get("with_past", (record.get("export") or {}).get("with_past")),

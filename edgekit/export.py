@@ -199,12 +199,18 @@ def _ort_offline(src: Path, dst: Path, level: str) -> None:
 
 
 def _bert_fusions(source: SourceModel, src: Path, dst: Path, info: dict[str, Any]) -> None:
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = source.config
+    options = FusionOptions("bert")
+    # onnxruntime 1.32's CPU SkipLayerNormalization kernel took 24 ms of a 127 ms MiniLM int8 batch (8x128, one
+    # thread); Add + LayerNormalization computes the same in 6 ms (benchmarks/README.md, "MiniLM").
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
     model = optimize_model(
         str(src), model_type="bert", num_heads=int(cfg.get("num_attention_heads", 0)),
-        hidden_size=int(cfg.get("hidden_size", 0)), opt_level=1, use_gpu=False,
+        hidden_size=int(cfg.get("hidden_size", 0)), opt_level=1, use_gpu=False, optimization_options=options,
     )
     info["transformer_fusions"] = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     model.save_model_to_file(str(dst), use_external_data_format=False)

@@ -21,6 +21,12 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
+# onnxruntime's CPU SkipLayerNormalization kernel is slower than the Add + LayerNormalization it replaces:
+# 24 of 127 ms in a MiniLM int8 batch (8x128, one thread) vs 6 ms unfused; 121 -> 102 ms per batch overall
+# (benchmarks/README.md, "MiniLM"). Graphs that carry the fused op (edgekit's decoder writer) keep it.
+CPU_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
+
+
 def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> Any:
     import onnxruntime as ort
 
@@ -30,7 +36,8 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     available = set(ort.get_available_providers())
     wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(model_file), opts, providers=wanted)
+    disabled = list(CPU_DISABLED_OPTIMIZERS) if wanted == ["CPUExecutionProvider"] else []
+    return ort.InferenceSession(str(model_file), opts, providers=wanted, disabled_optimizers=disabled)
 
 
 def load_tokenizer(folder: Path) -> Any:

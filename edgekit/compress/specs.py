@@ -61,7 +61,8 @@ class DynamicInt8Spec(MethodSpec):
     weight_type: Literal["qint8", "quint8"] = "qint8"
     per_channel: bool = True
     reduce_range: bool = False
-    op_types: tuple[str, ...] = ("MatMul",)
+    # Attention → QAttention: the fused encoder attention's QKV projection is a third of MiniLM's matmuls.
+    op_types: tuple[str, ...] = ("MatMul", "Attention")
 
 
 class StaticInt8Spec(MethodSpec):
