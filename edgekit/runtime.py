@@ -105,40 +105,42 @@ class Decoder:
         logits, _ = self.forward(arr, None, 0)
         return logits[0].astype(np.float32)
 
-    def generate(
-        self,
-        prompt: list[int],
-        max_new_tokens: int,
-        *,
-        eos: set[int] | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
-        on_token: Callable[[int], None] | None = None,
-    ) -> GenerationResult:
+    def tokens(self, prompt: list[int], max_new_tokens: int, *, eos: set[int] | None = None, temperature: float = 0.0,
+               top_k: int = 0, seed: int = 0) -> Iterator[int]:
+        """Yield each new token as soon as it is picked (prefill once, then one KV-cache step per token)."""
         rng = np.random.default_rng(seed)
         eos = eos or set()
-        t0 = time.perf_counter()
         logits, cache = self.forward(np.asarray([prompt], dtype=np.int64), None, 0)
         past_len = len(prompt)
-        tokens: list[int] = []
-        result = GenerationResult(tokens, 0.0)
+        produced: list[int] = []
         for step in range(max_new_tokens):
             tok = _pick(logits[0, -1], temperature, top_k, rng)
-            if step == 0:
-                result.ttft_s = time.perf_counter() - t0
-            tokens.append(tok)
-            if on_token is not None:
-                on_token(tok)
+            produced.append(tok)
+            yield tok
             if tok in eos or step == max_new_tokens - 1:
-                break
-            ts = time.perf_counter()
+                return
             if self.with_past:
                 logits, cache = self.forward(np.asarray([[tok]], dtype=np.int64), cache, past_len)
             else:  # a graph without cache re-reads the whole sequence
-                logits, _ = self.forward(np.asarray([prompt + tokens], dtype=np.int64), None, 0)
+                logits, _ = self.forward(np.asarray([prompt + produced], dtype=np.int64), None, 0)
             past_len += 1
-            result.step_s.append(time.perf_counter() - ts)
+
+    def generate(self, prompt: list[int], max_new_tokens: int, *, on_token: Callable[[int], None] | None = None,
+                 **kwargs: Any) -> GenerationResult:
+        """All of `tokens`, timed: TTFT (prefill + first pick) and each later step, callbacks excluded."""
+        result = GenerationResult([], 0.0)
+        stream = self.tokens(prompt, max_new_tokens, **kwargs)
+        t0 = time.perf_counter()
+        for tok in stream:
+            elapsed = time.perf_counter() - t0
+            if result.tokens:
+                result.step_s.append(elapsed)
+            else:
+                result.ttft_s = elapsed
+            result.tokens.append(tok)
+            if on_token is not None:
+                on_token(tok)
+            t0 = time.perf_counter()
         return result
 
 
@@ -205,22 +207,16 @@ class Model:
         return list(self.tokenizer.encode(text).ids)
 
     def stream(self, prompt: str, max_new_tokens: int = 32, **kwargs: Any) -> Iterator[str]:
-        """Yield decoded text pieces as tokens are generated (greedy unless temperature > 0)."""
-        decoder = Decoder(self.session)
-        ids = self.encode(prompt)
+        """Yield decoded text pieces as tokens arrive (greedy unless temperature > 0)."""
         produced: list[int] = []
-        pieces: list[str] = []
         shown = ""
-
-        def on_token(tok: int) -> None:
-            nonlocal shown
+        for tok in Decoder(self.session).tokens(self.encode(prompt), max_new_tokens, eos=self.eos_ids, **kwargs):
             produced.append(tok)
+            # Decode the whole continuation each time: one token can be half a UTF-8 character or a word piece.
             text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            pieces.append(text[len(shown):])
-            shown = text
-
-        decoder.generate(ids, max_new_tokens, eos=self.eos_ids, on_token=on_token, **kwargs)
-        yield from pieces
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
 
     def embed_or_classify(self, texts: list[str], max_length: int = 256) -> np.ndarray:
         encs = [self.tokenizer.encode(t).ids[:max_length] for t in texts]

@@ -69,29 +69,18 @@ def _generate(model: Any, text: str, max_new_tokens: int, temperature: float, to
               echo_pieces: bool) -> str:
     """Greedy or sampled decoding with the KV cache, each piece printed as soon as its token exists."""
     from edgekit.errors import InputError
-    from edgekit.runtime import Decoder
 
-    ids = model.encode(text)
-    if not ids:
+    if not model.encode(text):
         raise InputError("the prompt tokenizes to nothing; give some text")
-    produced: list[int] = []
-    shown = ""
-
-    def on_token(tok: int) -> None:
-        nonlocal shown
-        produced.append(tok)
-        # Decode the whole continuation each time: one token can be half a UTF-8 character or a word piece.
-        full = model.tokenizer.decode(produced, skip_special_tokens=True)
-        if echo_pieces and full.startswith(shown):
-            click.echo(full[len(shown):], nl=False)
+    pieces: list[str] = []
+    for piece in model.stream(text, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed):
+        pieces.append(piece)
+        if echo_pieces:
+            click.echo(piece, nl=False)
             sys.stdout.flush()
-        shown = full
-
-    Decoder(model.session).generate(ids, max_new_tokens, eos=model.eos_ids, temperature=temperature, top_k=top_k,
-                                    seed=seed, on_token=on_token)
     if echo_pieces:
         click.echo()
-    return shown
+    return "".join(pieces)
 
 
 def _encode(model: Any, text: str, as_json: bool) -> None:

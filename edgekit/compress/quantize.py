@@ -228,6 +228,11 @@ def _decisions(base: Any, variant: Any, plan: Plan, spec: MethodSpec) -> dict[st
             decisions[w.name] = "fp16"
         else:
             decisions[w.name] = "kept fp32: " + _why_kept(spec, w, plan, head_bits)
+    # A fused encoder Attention carries its QKV weights itself; quantize_dynamic turns it into QAttention.
+    attention = {n.name for n in base.graph.node if n.op_type == "Attention"}
+    for n in variant.graph.node:
+        if n.op_type == "QAttention" and n.name.removesuffix("_quant") in attention:
+            decisions[n.name.removesuffix("_quant")] = "int8: QAttention"
     counts: dict[str, int] = {}
     for d in decisions.values():
         key = d.split(":")[0]
