@@ -21,22 +21,27 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
               help="Calibration text, one sample a line (default: built-in Lee corpus text).")
 @click.option("--calibration-samples", type=int, default=16, show_default=True, help="Calibration sequences.")
 @click.option("--block-size", type=int, default=None, help="Weight-only block size (default: the target's).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
+              help="Weight-only methods: MatMulNBits compute, 4 = int8 activations (fast, the targets' default), "
+                   "1 = float (keeps more top-1; 8-bit has no fast float kernel).")
 @click.option("--keep-fp", default=None, help="Comma-separated node names (or substrings) to keep in float.")
 @click.option("--max-top1-drop", type=float, default=None,
               help="Keep the most sensitive MatMuls in float until top-1 vs fp32 drops at most this much.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint to run.")
 @common_options
 def compress(model: str, method: str, target_name: str, out: Path, task: str | None, calibration: Path | None,
-             calibration_samples: int, block_size: int | None, keep_fp: str | None, max_top1_drop: float | None,
-             trust_remote_code: bool, as_json: bool) -> None:
+             calibration_samples: int, block_size: int | None, accuracy_level: int | None, keep_fp: str | None,
+             max_top1_drop: float | None, trust_remote_code: bool, as_json: bool) -> None:
     """Quantize MODEL (an exported folder, or a SOURCE exported first) for a target."""
     from edgekit.catalog import load_target
     from edgekit.compress import compress as run_compress
     from edgekit.compress.specs import method_spec
 
+    if accuracy_level is not None and not (method.startswith("int4-") or method == "int8-weight"):
+        raise click.BadParameter(f"applies to int8-weight and int4-* methods, not {method}", param_hint="--accuracy-level")
     target = load_target(target_name)
     keep = tuple(n.strip() for n in keep_fp.split(",") if n.strip()) if keep_fp else None
-    spec = method_spec(method, target, block_size=block_size, keep_fp=keep)
+    spec = method_spec(method, target, block_size=block_size, keep_fp=keep, accuracy_level=accuracy_level)
     options: dict[str, Any] = {"calibration": calibration, "calibration_samples": calibration_samples,
                                "max_top1_drop": max_top1_drop}
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:

@@ -241,3 +241,16 @@ def test_cli_json_from_a_source(tiny_model: Any, tmp_path: Path) -> None:
     head = [n for n in data["nodes"]["decisions"] if "lm_head" in n]
     assert head and all(data["nodes"]["decisions"][n] == "kept fp32: --keep-fp" for n in head)
     assert OnnxArtifact.load(tmp_path / "q").method == "int4-hqq"
+
+
+def test_cli_accuracy_level(exported: Any, tmp_path: Path) -> None:
+    res = run_cli("compress", str(exported("llama").path), "--method", "int4-rtn", "--target", "x86-avx2",
+                  "-o", str(tmp_path / "q"), "--accuracy-level", "1", "--calibration-samples", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["settings"]["accuracy_level"] == 1
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    levels = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {1}
+    bad = run_cli("compress", str(exported("llama").path), "--method", "int8-dynamic", "--target", "x86-avx2",
+                  "-o", str(tmp_path / "d"), "--accuracy-level", "1")
+    assert bad.returncode == 2 and "--accuracy-level" in bad.stderr and not (tmp_path / "d").exists()
