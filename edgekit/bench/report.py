@@ -58,7 +58,8 @@ def _perf_rows(perf: dict[str, Any]) -> list[str]:
             continue
         v, s = var[name], src.get(name, {})
         d = dev.get(name)
-        est = f"{_num(d['value'])} (estimated)" if d else "–"
+        capped = ", at the device roofline" if d and d.get("capped_at_device_roofline") else ""
+        est = f"{_num(d['value'])} (estimated{capped})" if d else "–"
         rows.append(f"| {name} ({v['unit']}) | {_num(v['value'])} | {_num(v.get('p95'))} | {_num(s.get('value'))} | "
                     f"{_num((perf.get('speedup') or {}).get(name))}× | {est} |")
     return rows

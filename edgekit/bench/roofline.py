@@ -120,11 +120,12 @@ def estimate_device(measured: dict[str, Any], task: str, method: str, weight_byt
     int8_compute = method in ("int8-dynamic", "int8-static") and dev.peak_gops_int8
     dev_peak = float(dev.peak_gops_int8 if int8_compute else dev.peak_gflops_fp32)
     units = work(task, weight_bytes, params, config, profile.workload)
-    scale = {}
+    scale, floor_s = {}, {}
     for name, (nbytes, flops) in units.items():
         host_t = roof_time(nbytes, flops, host["memory_bandwidth_gbps"], host["peak_gflops_fp32"])
         dev_t = roof_time(nbytes, flops, float(dev.memory_bandwidth_gbps), dev_peak)
         scale[name] = dev_t / host_t  # > 1: the device is slower
+        floor_s[name] = dev_t
     which = {"decode_tokens_per_s": "decode", "per_token_ms": "decode", "ttft_ms": "prefill",
              "prefill_tokens_per_s": "prefill", "latency_ms": "batch", "throughput_items_per_s": "batch"}
     out: dict[str, Any] = {}
@@ -133,13 +134,30 @@ def estimate_device(measured: dict[str, Any], task: str, method: str, weight_byt
             continue
         factor = scale[unit_name] if metric in LATENCY_METRICS else 1 / scale[unit_name]
         src = measured[metric]
-        entry = {"value": round(src["value"] * factor, 4), "unit": src["unit"], "estimated": True, "basis": "roofline",
-                 "scale": round(factor, 4)}
-        for p in ("p50", "p95", "p99"):
+        bound = _roofline_bound(metric, floor_s[unit_name], profile.workload)
+        entry: dict[str, Any] = {"estimated": True, "basis": "roofline", "scale": round(factor, 4)}
+        for p in ("value", "p50", "p95", "p99"):
             if p in src:
-                entry[p] = round(src[p] * factor, 4)
+                entry[p] = round(_clamp(metric, src[p] * factor, bound), 4)
+        entry["unit"] = src["unit"]
+        if _clamp(metric, src["value"] * factor, bound) != src["value"] * factor:
+            # The host beat its own cached roofline (a bandwidth figure taken under load): no device beats its own.
+            entry["capped_at_device_roofline"] = True
         out[metric] = entry
     return out
+
+
+def _roofline_bound(metric: str, dev_t: float, workload: Any) -> float:
+    """The device roofline for `metric`: a floor for latencies (ms), a ceiling for rates."""
+    per_unit = {"decode_tokens_per_s": 1.0, "prefill_tokens_per_s": float(workload.prompt_tokens),
+                "throughput_items_per_s": float(workload.batch_size)}
+    if metric in LATENCY_METRICS:
+        return dev_t * 1e3
+    return per_unit.get(metric, 1.0) / dev_t
+
+
+def _clamp(metric: str, value: float, bound: float) -> float:
+    return max(value, bound) if metric in LATENCY_METRICS else min(value, bound)
 
 
 def basis(task: str, method: str, weight_bytes: float, params: float, config: dict[str, Any], profile: Any,

@@ -40,3 +40,18 @@ def test_device_estimate_scales_by_roofline_ratio() -> None:
     assert out["ttft_ms"]["value"] == pytest.approx(150.0, rel=1e-3)
     assert all(m["estimated"] is True and m["basis"] == "roofline" for m in out.values())
     assert roof_time(1e9, 1e9, 10, 1000) == pytest.approx(0.1)
+
+
+def test_estimate_never_beats_the_device_roofline() -> None:
+    """A host that beat its cached (too low) bandwidth figure must not push the device past its own roofline."""
+    profile = load_profile("raspberry-pi-5")
+    dev = profile.device
+    host = {"memory_bandwidth_gbps": 0.5 * dev.memory_bandwidth_gbps, "peak_gflops_fp32": dev.peak_gflops_fp32}
+    out = estimate_device(_measured(), "text-generation", "int8-weight", 265e6, 135e6, LLAMA_CFG, profile, host)
+    nbytes, flops = work("text-generation", 265e6, 135e6, LLAMA_CFG, profile.workload)["decode"]
+    ceiling = 1 / roof_time(nbytes, flops, dev.memory_bandwidth_gbps, dev.peak_gflops_fp32)
+    assert ceiling < 60.0 * 2  # unclamped, the estimate would be twice the host's 60 tok/s
+    assert out["decode_tokens_per_s"]["value"] == pytest.approx(ceiling, rel=1e-3)
+    assert out["decode_tokens_per_s"]["capped_at_device_roofline"] is True
+    assert out["per_token_ms"]["value"] == pytest.approx(1e3 / ceiling, rel=1e-3)
+    assert "capped_at_device_roofline" not in out["ttft_ms"]  # compute-bound prefill is not affected
