@@ -63,15 +63,15 @@ def _loadavg() -> float | None:
         return None
 
 
-def host_roofline(cpu_model: str, threads: int) -> dict[str, Any]:
-    """The cached host figures, measured on first use."""
+def host_roofline(cpu_model: str, threads: int, *, refresh: bool = False) -> dict[str, Any]:
+    """The cached host figures, measured on first use (again with `refresh`)."""
     path = cache_dir() / "host_roofline.json"
     key = f"{cpu_model}|threads={threads}"
     try:
         cached: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         cached = {}
-    if key not in cached:
+    if key not in cached or refresh:
         log.info("measuring host memory bandwidth and peak compute (once, cached in %s)", path)
         cached[key] = measure_host(threads)
         tmp = path.with_suffix(".tmp")

@@ -55,3 +55,17 @@ def test_estimate_never_beats_the_device_roofline() -> None:
     assert out["decode_tokens_per_s"]["capped_at_device_roofline"] is True
     assert out["per_token_ms"]["value"] == pytest.approx(1e3 / ceiling, rel=1e-3)
     assert "capped_at_device_roofline" not in out["ttft_ms"]  # compute-bound prefill is not affected
+
+
+def test_stale_host_figures_are_measured_again(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from edgekit.bench.roofline import host_roofline
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    stale = {"memory_bandwidth_gbps": 0.001, "peak_gflops_fp32": 0.001, "threads": 1}
+    (tmp_path / "host_roofline.json").write_text(json.dumps({"cpu|threads=1": stale}))
+    assert host_roofline("cpu", 1)["memory_bandwidth_gbps"] == 0.001  # cached figures are reused...
+    fresh = host_roofline("cpu", 1, refresh=True)  # ...until a measurement beats them
+    assert fresh["memory_bandwidth_gbps"] > 0.1 and fresh["peak_gflops_fp32"] > 0.1
+    assert json.loads((tmp_path / "host_roofline.json").read_text())["cpu|threads=1"] == fresh
