@@ -208,9 +208,16 @@ class Model:
 
     def stream(self, prompt: str, max_new_tokens: int = 32, **kwargs: Any) -> Iterator[str]:
         """Yield decoded text pieces as tokens arrive (greedy unless temperature > 0)."""
+        from edgekit.errors import InputError
+
+        ids = self.encode(prompt)
+        limit = int(self.config.get("max_position_embeddings") or 0)
+        if limit and len(ids) + max_new_tokens > limit:
+            raise InputError(f"prompt ({len(ids)} tokens) + max new tokens ({max_new_tokens}) exceeds the model's "
+                             f"{limit} positions; shorten the prompt or lower --max-new-tokens")
         produced: list[int] = []
         shown = ""
-        for tok in Decoder(self.session).tokens(self.encode(prompt), max_new_tokens, eos=self.eos_ids, **kwargs):
+        for tok in Decoder(self.session).tokens(ids, max_new_tokens, eos=self.eos_ids, **kwargs):
             produced.append(tok)
             # Decode the whole continuation each time: one token can be half a UTF-8 character or a word piece.
             text = self.tokenizer.decode(produced, skip_special_tokens=True)

@@ -55,6 +55,11 @@ def test_run_greedy_is_deterministic_and_sampling_seeded(bundles: dict[str, Path
     assert s1.stdout == s2.stdout
 
 
+def test_run_past_the_model_positions_exits_2(bundles: dict[str, Path]) -> None:
+    res = _run(str(bundles["llama"]), "Hello", "--max-new-tokens", "4096")
+    assert res.returncode == 2 and "positions" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_run_embeddings_and_labels(bundles: dict[str, Path]) -> None:
     res = _run(str(bundles["bert-emb"]), "a cat sat\nthe dog ran", "--json")
     assert res.returncode == 0, res.stderr
