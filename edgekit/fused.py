@@ -80,6 +80,7 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs, w.inits)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(MS, 1)],
                                    producer_name="edgekit")
+    onnx.helper.set_model_props(proto, {"edgekit.kv_cache": "shared-buffer"})  # see edgekit.runtime._SharedCache
     total = sum(t.ByteSize() for t in w.inits)
     onnx.save_model(proto, str(out_file), save_as_external_data=total > 1_500_000_000, all_tensors_to_one_file=True,
                     location=out_file.name + ".data", size_threshold=1024)

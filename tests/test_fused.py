@@ -79,3 +79,20 @@ def test_cli_fused_for_an_encoder_exits_2(tiny_model: Any, tmp_path: Path) -> No
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "use --graph optimum" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_generation_updates_the_cache_in_place(tiny_model: Any, tmp_path: Path) -> None:
+    """Fused graphs are marked for GroupQueryAttention's shared KV buffer; the IO-bound loop picks the same tokens."""
+    from edgekit.compress import compress
+
+    src = load_source(str(tiny_model("llama")))
+    fp32 = export(src, AVX2, tmp_path / "fused", parity=False)
+    int4 = compress(fp32, "int4-rtn", AVX2, tmp_path / "int4", calibration_samples=2)
+    traced = export(src, AVX2, tmp_path / "optimum", graph="optimum", parity=False)
+    assert not Decoder(make_session(traced.path / "model.onnx")).shared_kv
+    for folder in (fp32.path, int4.path):
+        dec = Decoder(make_session(folder / "model.onnx"))
+        assert dec.shared_kv
+        shared = dec.generate(list(range(5, 25)), 24).tokens
+        dec.shared_kv = False
+        assert dec.generate(list(range(5, 25)), 24).tokens == shared
