@@ -6,6 +6,7 @@ gate/verify), click usage errors → 2, anything else → 3. `EDGEKIT_DEBUG=1` s
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -97,6 +98,15 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if verbosity < 2 else logging.INFO)
 
 
+def _ignore_late_interrupts() -> None:
+    # Once the outcome is decided, a Ctrl-C that lands in interpreter shutdown (torch and onnxruntime tear down
+    # for a while) must not turn exit 0 or 130 into death by SIGINT (-2), which CI reads as a crash.
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding application)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point: runs the app and maps errors to one line and an exit code."""
     from edgekit.errors import EdgekitError
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> Any:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
         app.main(args=argv, prog_name="edgekit", standalone_mode=False)
+        _ignore_late_interrupts()
     except EdgekitError as exc:
         if debug:
             raise
@@ -120,10 +131,8 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         click.echo(f"edgekit: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(2)
-    except click.Abort:
-        click.echo("edgekit: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.Abort, KeyboardInterrupt):
+        _ignore_late_interrupts()
         click.echo("edgekit: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:

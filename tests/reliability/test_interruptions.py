@@ -34,7 +34,12 @@ def _no_partial(folder: Path, out: Path) -> None:
 def test_interrupted_export(sig: signal.Signals, tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "x"
     proc = _spawn("export", str(tiny_model("phi3")), "--target", "x86-avx2", "-o", str(out))
-    time.sleep(3)
+    # Signal once the export is under way (its temp folder exists), not at a fixed time: on a loaded host a fixed
+    # delay can land in interpreter start-up, before edgekit's handler exists.
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".x.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     _no_partial(tmp_path, out)
