@@ -47,7 +47,9 @@ def split_float_offsets(model: Any, accuracy_level: int | None) -> int:
     if rewritten:
         del model.graph.node[:]
         model.graph.node.extend(new_nodes)
-        _drop_unused(model)
+        from onnxruntime.quantization.onnx_model import ONNXModel
+
+        ONNXModel(model).remove_unused_constant()  # the float zero points nothing reads any more
         log.info("float zero points split into symmetric kernel + block offsets on %d MatMulNBits", rewritten)
     return rewritten
 
@@ -101,9 +103,3 @@ def _attach_correction(model: Any, nodes: list[Any], node: Any, sums: str, offse
     nodes.append(helper.make_node("MatMul", [sums, f"{base}_block_offsets"], [f"{out}_offset"], name=f"{base}_offset"))
     nodes.append(helper.make_node("Add", [symmetric_out, f"{out}_offset"], [out], name=f"{base}_add_offset"))
 
-
-def _drop_unused(model: Any) -> None:
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
