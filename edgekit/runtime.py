@@ -114,30 +114,14 @@ class Decoder:
         """Yield each new token as soon as it is picked (prefill once, then one KV-cache step per token)."""
         rng = np.random.default_rng(seed)
         eos = eos or set()
-        if self.shared_kv:
-            run = _SharedCache(self, len(prompt) + max_new_tokens)
-            logits = run(prompt)
-            for i in range(max_new_tokens):
-                tok = _pick(logits[0, -1], temperature, top_k, rng)
-                yield tok
-                if tok in eos or i == max_new_tokens - 1:
-                    return
-                logits = run([tok])
-            return
-        logits, cache = self.forward(np.asarray([prompt], dtype=np.int64), None, 0)
-        past_len = len(prompt)
-        produced: list[int] = []
+        advance = _SharedCache(self, len(prompt) + max_new_tokens) if self.shared_kv else _NumpyCache(self)
+        logits = advance(prompt)
         for step in range(max_new_tokens):
             tok = _pick(logits[0, -1], temperature, top_k, rng)
-            produced.append(tok)
             yield tok
             if tok in eos or step == max_new_tokens - 1:
                 return
-            if self.with_past:
-                logits, cache = self.forward(np.asarray([[tok]], dtype=np.int64), cache, past_len)
-            else:  # a graph without cache re-reads the whole sequence
-                logits, _ = self.forward(np.asarray([prompt + produced], dtype=np.int64), None, 0)
-            past_len += 1
+            logits = advance([tok])
 
     def generate(self, prompt: list[int], max_new_tokens: int, *, on_token: Callable[[int], None] | None = None,
                  **kwargs: Any) -> GenerationResult:
@@ -156,6 +140,23 @@ class Decoder:
                 on_token(tok)
             t0 = time.perf_counter()
         return result
+
+
+class _NumpyCache:
+    """The cache as numpy arrays fed back each step (any decoder-with-past graph); without a cache, re-read all."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.seen: list[int] = []
+        self.cache: dict[str, np.ndarray] | None = None
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        if self.decoder.with_past:
+            logits, self.cache = self.decoder.forward(np.asarray([ids], dtype=np.int64), self.cache, len(self.seen))
+        else:
+            logits, _ = self.decoder.forward(np.asarray([self.seen + ids], dtype=np.int64), None, 0)
+        self.seen += ids
+        return logits
 
 
 class _SharedCache:
@@ -267,9 +268,11 @@ class Model:
             produced.append(tok)
             # Decode the whole continuation each time: one token can be half a UTF-8 character or a word piece.
             text = self.tokenizer.decode(produced, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half a UTF-8 character so far: wait for the rest
+                continue
             if text.startswith(shown) and len(text) > len(shown):
                 yield text[len(shown):]
-                shown = text
+            shown = text
 
     def embed_or_classify(self, texts: list[str], max_length: int = 256) -> np.ndarray:
         encs = [self.tokenizer.encode(t).ids[:max_length] for t in texts]

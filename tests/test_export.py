@@ -88,6 +88,15 @@ def test_export_replaces_previous_output_atomically(tiny_model, tmp_path: Path) 
 def test_smollm2_export_parity(tmp_path: Path) -> None:
     art = export(load_source("example:smollm2-135m"), load_target("x86-avx2"), tmp_path / "smol")
     assert art.meta["parity"]["top1_agreement"] == 1.0 and art.meta["with_past"]
+    # Streaming across multi-byte characters: pieces join to the full decode (bar a last, unfinished character).
+    from edgekit.runtime import Decoder, Model
+
+    model = Model(art.path)
+    prompt = "Write the word hello in Japanese, Chinese and Russian:"
+    streamed = "".join(model.stream(prompt, 40))
+    tokens = list(Decoder(model.session).tokens(model.encode(prompt), 40, eos=model.eos_ids))
+    full = model.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert any(ord(c) > 127 for c in streamed) and full.rstrip("\ufffd") == streamed
 
 
 @pytest.mark.slow
