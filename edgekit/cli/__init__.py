@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -98,54 +98,119 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if verbosity < 2 else logging.INFO)
 
 
-def _ignore_late_interrupts() -> None:
-    # Once the outcome is decided, a Ctrl-C that lands in interpreter shutdown (torch and onnxruntime tear down
-    # for a while) must not turn exit 0 or 130 into death by SIGINT (-2), which CI reads as a crash.
+class _Interrupt:
+    """Whether a Ctrl-C arrived during this run, whatever became of the KeyboardInterrupt it raised."""
+
+    received = False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _Interrupt.received = True
+    raise KeyboardInterrupt
+
+
+def catch_interrupts() -> None:
+    """Install edgekit's Ctrl-C handler, which records the interrupt before raising KeyboardInterrupt.
+
+    The record matters because a KeyboardInterrupt does not always reach `main` as itself: a C extension
+    being imported turns it into `ImportError: initialization failed`, a finalizer swallows it.
+    """
     import signal
 
     with contextlib.suppress(ValueError):  # not the main thread (an embedding application)
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def _ignore_late_interrupts() -> None:
+    # Once the outcome is decided, a Ctrl-C that lands in interpreter shutdown (torch and onnxruntime tear down
+    # for a while) must not change the exit code.
+    import signal
+
+    with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Console entry point: runs the app and maps errors to one line and an exit code."""
-    from edgekit.errors import EdgekitError
+def _exit(code: int) -> NoReturn:
+    _ignore_late_interrupts()
+    if _Interrupt.received or code == 130:
+        # A KeyboardInterrupt that ever passed through code run by PyRun_String (pybind11 does that while
+        # torch and onnxruntime import) sets CPython's "unhandled KeyboardInterrupt" flag even when it was then
+        # caught, and the interpreter ends by killing itself with SIGINT (exit -2): CI reads that as a crash.
+        # Leaving through os._exit keeps the exit code we decided; every stage has already cleaned up.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
+
+def _drop_interrupt_noise(hook: Any) -> Any:
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            return  # "Exception ignored in ...: KeyboardInterrupt" from a finalizer: the interrupt is recorded
+        hook(info)
+
+    return unraisable
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console entry point: runs the app and maps errors to one line and an exit code."""
+    catch_interrupts()
+    sys.unraisablehook = _drop_interrupt_noise(sys.unraisablehook)
     debug = os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers/optimum install their own log handlers at import; their verbosity comes from the environment.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
+        code = _run(argv, debug)
+    except (click.Abort, KeyboardInterrupt):
+        code = 130
+    if code == 130 or (code != 0 and _Interrupt.received):
+        # An interrupt disguised as another error (see catch_interrupts) is still an interrupt.
+        click.echo("edgekit: interrupted", err=True)
+        code = 130
+    _exit(code)
+
+
+def _run(argv: list[str] | None, debug: bool) -> int:
+    """The app's exit code; messages for errors are printed here, the interrupt message by `main`."""
+    from edgekit.errors import EdgekitError
+
+    try:
         app.main(args=argv, prog_name="edgekit", standalone_mode=False)
-        _ignore_late_interrupts()
     except EdgekitError as exc:
         if debug:
             raise
-        click.echo(f"edgekit: error: {exc.one_line()}", err=True)
-        sys.exit(exc.exit_code)
+        if not _Interrupt.received:
+            click.echo(f"edgekit: error: {exc.one_line()}", err=True)
+        return exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
     except click.ClickException as exc:
         if debug:
             raise
         click.echo(f"edgekit: error: {' '.join(exc.format_message().split())}", err=True)
-        sys.exit(2)
+        return 2
     except (click.Abort, KeyboardInterrupt):
-        _ignore_late_interrupts()
-        click.echo("edgekit: interrupted", err=True)
-        sys.exit(130)
+        raise
     except Exception as exc:
         if debug:
             raise
-        from edgekit.util import is_user_os_error
+        if _Interrupt.received:
+            return 3
+        return _internal_error(exc)
+    return 0
 
-        if isinstance(exc, OSError) and is_user_os_error(exc):
-            # A full disk, a read-only or forbidden path is the user's environment, not our bug: exit 2.
-            where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"edgekit: error: {exc.strerror or exc}{where} (free space or choose another -o)", err=True)
-            sys.exit(2)
-        msg = " ".join(str(exc).split())[:300]
-        click.echo(f"edgekit: internal error: {type(exc).__name__}: {msg} (set EDGEKIT_DEBUG=1 for the traceback)", err=True)
-        sys.exit(3)
-    sys.exit(0)
+
+def _internal_error(exc: Exception) -> int:
+    from edgekit.util import is_user_os_error
+
+    if isinstance(exc, OSError) and is_user_os_error(exc):
+        # A full disk, a read-only or forbidden path is the user's environment, not our bug: exit 2.
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"edgekit: error: {exc.strerror or exc}{where} (free space or choose another -o)", err=True)
+        return 2
+    msg = " ".join(str(exc).split())[:300]
+    click.echo(f"edgekit: internal error: {type(exc).__name__}: {msg} (set EDGEKIT_DEBUG=1 for the traceback)", err=True)
+    return 3
