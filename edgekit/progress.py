@@ -1,14 +1,16 @@
 """Progress events from the library, rendered by the CLI (the library never prints).
 
 Library code wraps long work in `with progress.stage("export", total=n) as st: st.advance()`.
-Nothing is shown unless the CLI installed a display (a terminal, no --json); stage timings are
-recorded either way so pipelines can report them.
+Nothing is shown unless the CLI installed a display: tqdm bars on a terminal, periodic plain lines in a
+log (CI), nothing with --json or -q; stage timings are recorded either way so pipelines can report them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,38 +71,101 @@ def stage(name: str, total: float | None = None) -> Iterator[Stage]:
             _display.finish(name, st.elapsed, ok)
 
 
+@dataclass
+class _Active:
+    name: str
+    total: float | None
+    started: float = field(default_factory=time.perf_counter)
+    done: float = 0.0
+    info: str = ""
+    bar: Any = None
+
+    def line(self) -> str:
+        """tqdm's own meter text: percent, elapsed, ETA (or elapsed alone when the total is unknown)."""
+        from tqdm import tqdm
+
+        elapsed = time.perf_counter() - self.started
+        if not self.total or self.done > self.total:
+            text = f"{self.name}: {tqdm.format_interval(elapsed)} elapsed, ETA unknown"
+        else:
+            text = tqdm.format_meter(self.done, self.total, elapsed, prefix=self.name, ascii=True, ncols=100)
+        return f"{text} {self.info}".rstrip()
+
+
 class TerminalDisplay:
-    """One status line per stage on stderr: name, percent, elapsed and ETA; a ✓/✗ line when done."""
+    """A tqdm bar per stage on stderr (percent, elapsed, ETA); nested stages stack below their parent."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
-        self.starts: dict[str, float] = {}
-        self._last = 0.0
+        self.active: dict[str, _Active] = {}
 
     def start(self, name: str, total: float | None) -> None:
-        self.starts[name] = time.perf_counter()
-        self._write(f"{name} ...")
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=name, file=self.stream, leave=False, position=len(self.active),
+                   bar_format=None if total else "{desc} {elapsed} elapsed {postfix}", dynamic_ncols=True)
+        self.active[name] = _Active(name, total, bar=bar)
 
     def update(self, name: str, done: float, total: float | None, info: str) -> None:
-        now = time.perf_counter()
-        if now - self._last < 0.1:
+        act = self.active.get(name)
+        if act is None:
             return
-        self._last = now
-        elapsed = now - self.starts.get(name, now)
-        if total:
-            frac = min(done / total, 1.0)
-            eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
-            text = f"{name} {frac * 100:5.1f}% {_hms(elapsed)} elapsed, ETA {_hms(eta)}"
-        else:
-            text = f"{name} {_hms(elapsed)} elapsed"
-        self._write(f"{text} {info}".rstrip())
+        act.bar.update(done - act.bar.n)
+        if info != act.info:
+            act.info = info
+            act.bar.set_postfix_str(info, refresh=False)
+        act.bar.refresh()
 
     def finish(self, name: str, seconds: float, ok: bool) -> None:
-        mark = "done" if ok else "FAILED"
-        self._write(f"{name} {mark} in {_hms(seconds)}", end="\n")
+        act = self.active.pop(name, None)
+        if act is not None:
+            act.bar.close()
+        if not self.active:  # only whole stages get a line that stays
+            self.stream.write(f"{name} {'done' if ok else 'FAILED'} in {_hms(seconds)}\n")
+            self.stream.flush()
 
-    def _write(self, text: str, end: str = "") -> None:
-        self.stream.write("\r\033[K" + text + end)
+
+class LogDisplay:
+    """Plain lines for logs that are not a terminal (CI): a line when a stage starts and ends, and a heartbeat
+    every `interval` seconds naming the stages under way with elapsed time and ETA, from a timer thread, so a
+    long C call (an export, a quantizer) never looks hung."""
+
+    def __init__(self, stream: Any = None, interval: float = 30.0) -> None:
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self, name: str, total: float | None) -> None:
+        with self._lock:
+            self.active[name] = _Active(name, total)
+            self._write(f"{name}: started")
+            if self._thread is None:  # a daemon: it never holds up the interpreter's exit
+                self._thread = threading.Thread(target=self._beat, name="edgekit-progress", daemon=True)
+                self._thread.start()
+
+    def update(self, name: str, done: float, total: float | None, info: str) -> None:
+        with self._lock:
+            act = self.active.get(name)
+            if act is not None:
+                act.done, act.total, act.info = done, total, info
+
+    def finish(self, name: str, seconds: float, ok: bool) -> None:
+        with self._lock:
+            self.active.pop(name, None)
+            self._write(f"{name}: {'done' if ok else 'FAILED'} in {_hms(seconds)}")
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self._lock:
+                for act in self.active.values():
+                    if time.perf_counter() - act.started >= self.interval:
+                        self._write(act.line())
+
+    def _write(self, text: str) -> None:
+        self.stream.write(f"[progress] {text}\n")
         self.stream.flush()
 
 
@@ -111,6 +176,12 @@ def _hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-def terminal_display() -> Display | None:
-    """A display only when stderr is a terminal: piped or CI output stays quiet."""
-    return TerminalDisplay() if sys.stderr.isatty() else None
+def auto_display() -> Display:
+    """tqdm bars on a terminal; periodic plain lines otherwise (EDGEKIT_PROGRESS_INTERVAL seconds, default 30)."""
+    if sys.stderr.isatty():
+        return TerminalDisplay()
+    try:
+        interval = float(os.environ.get("EDGEKIT_PROGRESS_INTERVAL", "30"))
+    except ValueError:
+        interval = 30.0
+    return LogDisplay(interval=max(interval, 0.05))

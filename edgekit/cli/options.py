@@ -25,7 +25,7 @@ def common_options(func: F) -> F:
         from edgekit.cli import _setup_logging
 
         _setup_logging(-1 if quiet else verbose)
-        progress.set_display(progress.terminal_display() if not (as_json or quiet) else None)
+        progress.set_display(progress.auto_display() if not (as_json or quiet) else None)
         return func(*args, as_json=as_json, **kwargs)
 
     return wrapper  # type: ignore[return-value]
