@@ -4,7 +4,7 @@
         [--variants int8-weight,int4-hqq] [--tokens 512]
 
 The fp32 folder comes from `edgekit export example:smollm2-135m --target x86-avx2 -o /tmp/smol-fp32`.
-Held-out text: `edgekit.data.eval_texts()` (Lee corpus test split), windows of 128 tokens, full forward with
+Held-out text: `edgekit.data.lee_test()` (Lee corpus test split, needs gensim), windows of 128 tokens, full forward with
 an empty cache; then a KV-cache check (prefill + decode steps must pick the same tokens as a full forward).
 """
 
@@ -45,12 +45,12 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
 
 
 def eval_windows(folder: Path, tokens: int, window: int = 128) -> list[list[int]]:
-    from edgekit.data import eval_texts
+    from edgekit.data import lee_test
     from edgekit.runtime import load_tokenizer
 
     tok = load_tokenizer(folder)
     ids: list[int] = []
-    for text in eval_texts():
+    for text in lee_test():  # the Lee test split, as in the figures this script has published
         ids += tok.encode(text, add_special_tokens=False).ids
         if len(ids) >= tokens:
             break

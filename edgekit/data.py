@@ -1,7 +1,9 @@
-"""Evaluation and calibration text: user files, or built-in slices of the gensim test corpora.
+"""Evaluation and calibration text: user files, or the corpus shipped inside the package.
 
-Calibration draws from Lee's *background* corpus; evaluation from the separate Lee test corpus and
-Wikipedia articles, so calibration never sees the held-out text.
+The built-in corpus (`edgekit/corpus/`, public-domain and CC0 prose; its SOURCES.md says where each text comes
+from) has two disjoint halves: `calibration/` feeds quantizer calibration and distillation, `eval/` is held
+out for fidelity, so calibration never sees the evaluation text. gensim's test corpora (Lee, Wikipedia, movie
+reviews) remain available to the benchmarks and tests as an optional extra; edgekit itself never needs gensim.
 """
 
 from __future__ import annotations
@@ -15,11 +17,40 @@ from pathlib import Path
 
 from edgekit.errors import InputError
 
+CORPUS = Path(__file__).parent / "corpus"
+
+
+@lru_cache(maxsize=2)
+def _documents(split: str) -> tuple[str, ...]:
+    """The corpus documents of one split, in file order; paragraphs are separated by blank lines."""
+    files = sorted((CORPUS / split).glob("*.txt"))
+    if not files:
+        raise InputError(f"{CORPUS / split}: the built-in corpus is missing from this installation; reinstall edgekit "
+                         "or pass your own text file")
+    docs = []
+    for path in files:
+        paragraphs = [" ".join(par.split()) for par in path.read_text(encoding="utf-8").split("\n\n")]
+        docs.append("\n\n".join(par for par in paragraphs if par))
+    return tuple(docs)
+
+
+def eval_documents() -> list[str]:
+    """Held-out evaluation documents, each independent of the others (for resampling whole documents)."""
+    return list(_documents("eval"))
+
+
+def calibration_documents() -> list[str]:
+    return list(_documents("calibration"))
+
+
+def _paragraphs(docs: list[str]) -> list[str]:
+    return [par for doc in docs for par in doc.split("\n\n")]
+
 
 def gensim_data_dir() -> Path:
     spec = importlib.util.find_spec("gensim")  # not imported: gensim pulls scipy and smart_open
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("the built-in text corpora need gensim: pip install --no-deps gensim")
+        raise InputError("gensim's text corpora need gensim: pip install --no-deps gensim (or pip install 'edgekit[corpora]')")
     folder = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
     if not folder.is_dir():
         raise InputError(f"{folder}: gensim is installed without its test data; reinstall it")
@@ -81,13 +112,23 @@ def _strip_wiki(text: str) -> str:
 
 
 def calibration_texts(n: int = 32) -> list[str]:
-    """Built-in calibration samples: the Lee background corpus (never used for evaluation)."""
-    return list(_lee("lee_background.cor")[:n])
+    """Built-in calibration samples: paragraphs of the corpus's calibration half (never used for evaluation)."""
+    return _paragraphs(calibration_documents())[:n]
 
 
 def eval_texts() -> list[str]:
-    """Built-in held-out evaluation text: the Lee test corpus, then Wikipedia articles."""
-    return list(_lee("lee.cor")) + list(wikipedia_articles())
+    """Built-in held-out evaluation text: the paragraphs of the eval documents, in order."""
+    return _paragraphs(eval_documents())
+
+
+def lee_background(n: int = 300) -> list[str]:
+    """Lines of gensim's Lee background corpus (needs the optional gensim package)."""
+    return list(_lee("lee_background.cor")[:n])
+
+
+def lee_test() -> list[str]:
+    """gensim's Lee test corpus (needs gensim): news text used by the benchmarks."""
+    return list(_lee("lee.cor"))
 
 
 def polarity_sentences() -> list[tuple[str, int]]:

@@ -20,9 +20,9 @@ def train_tokenizer(kind: str) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from edgekit.data import calibration_texts
+    from edgekit.data import lee_background
 
-    corpus = calibration_texts(300)
+    corpus = lee_background(300)
     if kind == "bert":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)

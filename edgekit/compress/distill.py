@@ -36,7 +36,7 @@ class DistillSpec(Spec):
     student_layers: PositiveInt | None = None  # evenly spaced, first and last kept; default: half
     keep_every: Annotated[int, Field(ge=2)] | None = None
     width_ratio: Fraction = 1.0  # MLP intermediate size kept (weight-magnitude importance)
-    data: tuple[Path, ...] = ()  # text files, one sample per line; default: Lee background corpus
+    data: tuple[Path, ...] = ()  # text files, one sample per line; default: the built-in corpus's calibration half
     steps: PositiveInt = 200
     batch_size: PositiveInt = 4
     seq_len: Annotated[int, Field(ge=8, le=8192)] = 128
@@ -138,7 +138,7 @@ def _record(source: SourceModel, spec: DistillSpec, plan: Any, model: Any, teach
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "held_out": {"metric": before["metric"], "tokens": before["tokens"], "before": before["value"],
-                     "after": after["value"], "text": "edgekit.data.eval_texts() (Lee test corpus)"},
+                     "after": after["value"], "text": "edgekit.data.eval_texts() (built-in corpus, eval half)"},
     }
     record["student"]["parameter_ratio"] = round(record["student"]["parameters"] / record["teacher_parameters"], 4)
     return record

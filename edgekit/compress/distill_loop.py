@@ -34,7 +34,7 @@ def _texts(spec: DistillSpec) -> list[str]:
 
     if spec.data:
         return [line for path in spec.data for line in read_text_file(path, what="distillation data file")]
-    # Lee *background* corpus: bench's held-out text (eval_texts) must never be trained on.
+    # The corpus's calibration half: bench's held-out text (eval_texts) must never be trained on.
     return calibration_texts(300)
 
 
@@ -65,7 +65,7 @@ def train_samples(task: str, tokenizer: Any, spec: DistillSpec) -> dict[str, Any
 
 
 def eval_batch(task: str, tokenizer: Any, n_tokens: int, seq_len: int) -> dict[str, Any]:
-    """Held-out text (Lee test corpus, edgekit.data.eval_texts) the student never trains on."""
+    """Held-out text (edgekit.data.eval_texts, the built-in corpus's eval half) the student never trains on."""
     from edgekit.data import eval_texts
 
     texts = eval_texts()

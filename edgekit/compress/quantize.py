@@ -90,7 +90,7 @@ def _calibration(artifact: OnnxArtifact, parent: Any, path: Path | str | None, n
         raise InputError(f"{path or 'built-in calibration text'}: no usable text for calibration")
     with progress.stage("compress: calibration feeds"):
         feeds = model_feeds(parent, artifact.task, seqs)
-    record["calibration"] = {"data": str(path) if path else "built-in (Lee corpus)", "samples": len(seqs),
+    record["calibration"] = {"data": str(path) if path else "built-in corpus (calibration half)", "samples": len(seqs),
                              "tokens": sum(len(s) for s in seqs), "feeds": len(feeds)}
     return seqs, feeds
 
