@@ -38,6 +38,14 @@ class Candidate:
         return self.method + "".join(f"/{k}={v}" for k, v in self.options)
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What every candidate is compressed and benched with (picklable: it travels to worker processes)."""
+
+    bench: dict[str, Any] = field(default_factory=dict)
+    calibration: Path | None = None
+
+
 @dataclass
 class Outcome:
     candidate: Candidate
@@ -137,15 +145,16 @@ def _figures(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def evaluate(c: Candidate, exported: Path, source: SourceModel, profile: Profile, target: Target, work: Path,
-             bench_options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+             opts: EvalOptions) -> tuple[Path, dict[str, Any]]:
     """Compress + bench one candidate (runs in a worker process when --workers > 1)."""
     from edgekit.artifact import OnnxArtifact
     from edgekit.bench import bench
     from edgekit.compress import compress
 
     artifact = OnnxArtifact.load(exported)
-    variant = artifact if c.method == "fp32" else compress(artifact, c.method, target, work, **dict(c.options))
-    return variant.path, dict(bench(variant, source, profile, **bench_options))
+    variant = (artifact if c.method == "fp32"
+               else compress(artifact, c.method, target, work, calibration=opts.calibration, **dict(c.options)))
+    return variant.path, dict(bench(variant, source, profile, **opts.bench))
 
 
 def _loss(o: Outcome) -> float:
@@ -201,7 +210,7 @@ def _primary(c: Candidate) -> bool:
 
 
 def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile: Profile, target: Target,
-           work: Path, *, deadline: float, max_candidates: int, workers: int, bench_options: dict[str, Any]) -> None:
+           work: Path, *, deadline: float, max_candidates: int, workers: int, opts: EvalOptions) -> None:
     """Evaluate the unpruned candidates; failures are recorded and do not stop the search.
 
     Two rounds, each cheapest first: one candidate per method at its most faithful knob, then the coarser knobs
@@ -211,7 +220,7 @@ def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile
     first = [o for o in pending if _primary(o.candidate)]
     budget = {"left": max_candidates}
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-        _evaluate_round(first, pool, exported, source, profile, target, work, deadline, workers, budget, bench_options)
+        _evaluate_round(first, pool, exported, source, profile, target, work, deadline, workers, budget, opts)
         verdict = {o.candidate.method: o for o in first}
         second = []
         for o in pending:
@@ -224,12 +233,12 @@ def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile
                 o.reason = f"{head.candidate.label} already {'failed' if head.status == 'failed' else 'misses ' + lost[0]}; coarser blocks lose more"
             else:
                 second.append(o)
-        _evaluate_round(second, pool, exported, source, profile, target, work, deadline, workers, budget, bench_options)
+        _evaluate_round(second, pool, exported, source, profile, target, work, deadline, workers, budget, opts)
 
 
 def _evaluate_round(todo: list[Outcome], pool: Any, exported: Path, source: SourceModel, profile: Profile,
                     target: Target, work: Path, deadline: float, workers: int, budget: dict[str, int],
-                    bench_options: dict[str, Any]) -> None:
+                    opts: EvalOptions) -> None:
     from edgekit import progress
     from edgekit.gate import gate
 
@@ -246,7 +255,7 @@ def _evaluate_round(todo: list[Outcome], pool: Any, exported: Path, source: Sour
                 break
             t0 = time.monotonic()
             futures = [(o, pool.submit(evaluate, o.candidate, exported, source, profile, target,
-                                       work / o.candidate.label.replace("/", "_"), bench_options)) for o in batch]
+                                       work / o.candidate.label.replace("/", "_"), opts)) for o in batch]
             for o, fut in futures:
                 try:
                     o.folder, o.report = fut.result()
@@ -299,7 +308,8 @@ class FitResult:
 
 def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[str] | None = None,
         max_candidates: int = 12, time_budget_min: float = 60.0, workers: int = 1,
-        bench_options: dict[str, Any] | None = None, command: str = "") -> FitResult:
+        bench_options: dict[str, Any] | None = None, calibration: Path | None = None,
+        command: str = "") -> FitResult:
     """Search the candidate space; write the chosen bundle (or the nearest miss, marked failed) at `out`."""
     import shutil
     import tempfile
@@ -307,7 +317,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
     from edgekit.catalog import check_method, load_target
     from edgekit.export import export
     from edgekit.fit_report import write_fit_files
-    from edgekit.pipeline import BuildOptions, _write
+    from edgekit.pipeline import BuildOptions, _write, check_text_files
     from edgekit.source import load_source
     from edgekit.util import exclusive
 
@@ -315,6 +325,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
     target = load_target(profile.target)
     for m in methods or []:
         check_method(m, target, where="--methods")
+    check_text_files((bench_options or {}).get("eval_data"), calibration)
     deadline = time.monotonic() + time_budget_min * 60
     source = load_source(source_spec)
     embed, other = parameter_split(source)
@@ -327,7 +338,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
         try:
             exported = export(source, target, work / "export").path
             search(outcomes, exported, source, profile, target, work, deadline=deadline, max_candidates=max_candidates,
-                   workers=workers, bench_options=bench_options or {})
+                   workers=workers, opts=EvalOptions(bench_options or {}, calibration))
             mark_pareto(outcomes)
             chosen = choose(outcomes)
             nearest = None if chosen else nearest_miss(outcomes)
@@ -339,7 +350,8 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
                 files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
                 report = {**pick.report, "gate": pick.gate.to_dict()}
                 bundle = _write(OnnxArtifact.load(pick.folder), source, report, pick.gate, profile, target,
-                                pick.candidate.method, out, BuildOptions(command=command), [], extra_files=files)
+                                pick.candidate.method, out, BuildOptions(command=command, calibration=calibration), [],
+                                extra_files=files)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return FitResult(outcomes, chosen, nearest, bundle)

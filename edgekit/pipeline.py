@@ -43,6 +43,7 @@ class BuildOptions:
     method: str | None = None
     then: str | None = None
     eval_data: Path | None = None
+    calibration: Path | None = None
     archive: bool = False
     keep_work: bool = False
     trust_remote_code: bool = False
@@ -137,6 +138,7 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
         check_method(opts.method, target, where="--method")
     if opts.then is not None and opts.method != "distill":
         raise InputError("--then only applies with --method distill (it quantizes the student)")
+    check_text_files(opts.eval_data, opts.calibration)
     stages = _Stages(_previous_timings(out))
     with exclusive(out):
         for stale in clean_stale(out):
@@ -165,6 +167,16 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             else:
                 shutil.rmtree(work, ignore_errors=True)
     return BuildResult(bundle, result, report, stages.records)
+
+
+def check_text_files(eval_data: Path | None, calibration: Path | None) -> None:
+    """Read the user's text files before minutes of export go by: a typo is exit 2 at once."""
+    from edgekit.data import read_text_file
+
+    if eval_data is not None:
+        read_text_file(eval_data, what="eval data")
+    if calibration is not None:
+        read_text_file(calibration, what="calibration file")
 
 
 def retention(report: dict[str, Any]) -> dict[str, float | None]:
@@ -198,7 +210,8 @@ def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: 
         return exported, model_source, extra
     from edgekit.compress import compress
 
-    variant = stages.call("compress", lambda: compress(exported, quant, target, work / "compress"))
+    variant = stages.call("compress", lambda: compress(exported, quant, target, work / "compress",
+                                                      calibration=opts.calibration))
     return variant, model_source, extra
 
 
@@ -215,7 +228,8 @@ def _write(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], res
     from edgekit.bundle import write_bundle
 
     settings = {"method": method, "then": opts.then, "target": target.name, "profile": profile.name,
-                "eval_data": str(opts.eval_data) if opts.eval_data else None, "bench": opts.bench,
+                "eval_data": str(opts.eval_data) if opts.eval_data else None,
+                "calibration": str(opts.calibration) if opts.calibration else None, "bench": opts.bench,
                 "distill": opts.distill if method == "distill" else None}
     build_record = {"schema": "edgekit/build@1", "edgekit_version": __version__, "command": opts.command,
                     "settings": settings, "stages": stages}

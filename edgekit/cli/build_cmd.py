@@ -24,6 +24,8 @@ def rebuild_command() -> str:
               help="With --method distill: quantize the student with this method.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out text, one sample a line.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="Calibration text, one sample a line (default: the built-in corpus's calibration half).")
 @click.option("--eval-tokens", type=click.IntRange(16), default=None, help="Tokens of eval text for fidelity.")
 @click.option("--max-time", type=click.FloatRange(0.5), default=None, help="Seconds per latency measurement.")
 @click.option("--distill-steps", type=click.IntRange(1), default=None, help="With --method distill.")
@@ -33,8 +35,8 @@ def rebuild_command() -> str:
 @click.option("--trust-remote-code", is_flag=True)
 @common_options
 def build(source: str, profile_name: str, method: str | None, then: str | None, out: Path, eval_data: Path | None,
-          eval_tokens: int | None, max_time: float | None, distill_steps: int | None, student_layers: int | None,
-          archive: bool, keep_work: bool, trust_remote_code: bool, as_json: bool) -> None:
+          calibration: Path | None, eval_tokens: int | None, max_time: float | None, distill_steps: int | None,
+          student_layers: int | None, archive: bool, keep_work: bool, trust_remote_code: bool, as_json: bool) -> None:
     """Source → export → compress → bench → gate → bundle."""
     from edgekit.catalog import load_profile
     from edgekit.cli.gate_cmd import finish_gate, print_gate
@@ -44,7 +46,8 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
     profile = load_profile(profile_name)
     bench_opts = {k: v for k, v in (("eval_tokens", eval_tokens), ("max_time_s", max_time)) if v is not None}
     distill_opts = {k: v for k, v in (("steps", distill_steps), ("student_layers", student_layers)) if v is not None}
-    options = BuildOptions(method=method, then=then, eval_data=eval_data, archive=archive, keep_work=keep_work,
+    options = BuildOptions(method=method, then=then, eval_data=eval_data, calibration=calibration, archive=archive,
+                           keep_work=keep_work,
                            trust_remote_code=trust_remote_code, command=rebuild_command(), bench=bench_opts,
                            distill=distill_opts)
     result = run_build(source, profile, out, options)

@@ -18,11 +18,15 @@ from edgekit.cli.options import common_options, echo, emit_json, table
 @click.option("--time-budget", type=click.FloatRange(0.1), default=60.0, show_default=True, help="Minutes.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel candidates (they share the CPU: latency figures get noisier).")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out text, one sample a line.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="Calibration text, one sample a line (default: the built-in corpus's calibration half).")
 @click.option("--eval-tokens", type=click.IntRange(16), default=None, help="Tokens of eval text per candidate.")
 @click.option("--max-time", type=click.FloatRange(0.5), default=None, help="Seconds per latency measurement.")
 @common_options
 def fit(source: str, profile_name: str, out: Path, methods: str | None, max_candidates: int, time_budget: float,
-        workers: int, eval_tokens: int | None, max_time: float | None, as_json: bool) -> None:
+        workers: int, eval_data: Path | None, calibration: Path | None, eval_tokens: int | None, max_time: float | None,
+        as_json: bool) -> None:
     """Find the smallest variant of SOURCE that passes the profile; exit 1 with the nearest miss if none does."""
     from edgekit.catalog import load_profile
     from edgekit.cli.build_cmd import rebuild_command
@@ -30,10 +34,12 @@ def fit(source: str, profile_name: str, out: Path, methods: str | None, max_cand
     from edgekit.fit import fit as run_fit
 
     profile = load_profile(profile_name)
-    bench_opts = {k: v for k, v in (("eval_tokens", eval_tokens), ("max_time_s", max_time)) if v is not None}
+    bench_opts = {k: v for k, v in (("eval_tokens", eval_tokens), ("max_time_s", max_time), ("eval_data", eval_data))
+                  if v is not None}
     method_list = [m.strip() for m in methods.split(",")] if methods else None
     result = run_fit(source, profile, out, methods=method_list, max_candidates=max_candidates,
-                     time_budget_min=time_budget, workers=workers, bench_options=bench_opts, command=rebuild_command())
+                     time_budget_min=time_budget, workers=workers, bench_options=bench_opts,
+                     calibration=calibration, command=rebuild_command())
     if as_json:
         emit_json({"bundle": str(result.bundle) if result.bundle else None, "passed": result.passed,
                    "chosen": result.chosen.candidate.label if result.chosen else None,
