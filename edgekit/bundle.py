@@ -227,7 +227,9 @@ def write_bundle(artifact: Any, report: dict[str, Any], gate_result: Any, out: P
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
-        raise VerifyFailed(f"{folder}: no {MANIFEST}; not an edgekit bundle (or an interrupted one)")
+        # Bad input, not a damaged bundle: exit 2 like `gate` on a missing report. A bundle is only ever renamed
+        # into place complete, so a folder without a manifest was never one.
+        raise InputError(f"{folder}: not an edgekit bundle (no {MANIFEST}); pass the folder `edgekit build -o` wrote")
     try:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -26,12 +26,29 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a reader never sees half of it."""
+    import os
+    import tempfile
+
     from edgekit.errors import InputError
 
+    tmp = None
     try:
-        path.write_text(text, encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
     except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def default_gate_json(report: Path) -> Path | None:
+    """gate.json beside REPORT, except inside a bundle: its files are hashed, and rewriting one would make
+    `edgekit verify` fail on the step a CI job runs right after gating. There only an explicit -o writes."""
+    folder = Path(report).parent
+    return None if (folder / "edgekit.json").is_file() else folder / "gate.json"
 
 
 def print_gate(result: Any) -> None:
@@ -70,7 +87,7 @@ def finish_gate(result: Any) -> None:
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write JUnit XML (one testcase per rule).")
 @click.option("--markdown", type=click.Path(path_type=Path), default=None, help="Write a Markdown summary (PR comments).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
-              help="gate.json path (default: beside REPORT).")
+              help="gate.json path (default: beside REPORT, but never inside a bundle).")
 @common_options
 def gate(report: Path, profile_name: str, baseline: Path | None, junit: Path | None, markdown: Path | None,
          out: Path | None, as_json: bool) -> None:
@@ -80,7 +97,8 @@ def gate(report: Path, profile_name: str, baseline: Path | None, junit: Path | N
 
     profile = load_profile(profile_name)
     result = run_gate(read_json(report, "report"), profile, read_json(baseline, "baseline report") if baseline else None)
-    outputs = {out or Path(report).parent / "gate.json": json.dumps(result.to_dict(), indent=2) + "\n"}
+    gate_json = out or default_gate_json(report)
+    outputs = {gate_json: json.dumps(result.to_dict(), indent=2) + "\n"} if gate_json else {}
     if junit:
         outputs[junit] = result.junit_xml()
     if markdown:
