@@ -12,13 +12,14 @@ export TOKENIZERS_PARALLELISM := false
 
 venv: $(STAMP)
 
-# torch first and pinned, so nothing can pull a CUDA build; the example packages are data, installed --no-deps.
-$(STAMP): pyproject.toml Makefile
+# torch first and pinned, so nothing can pull a CUDA build; then the tested versions (constraints.txt); the example
+# packages and gensim's corpora are data, installed --no-deps.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 2; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(EXAMPLES)
 	touch $(STAMP)
 
