@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.reliability.helpers import Spawned
 
 # Short bench settings: these tests check the pipeline's plumbing, not the numbers.
 FAST = ("--eval-tokens", "48", "--max-time", "0.5")
@@ -34,7 +35,9 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     # The profile's default method (local: int8-weight), and a relative -o as users type it: no stage may
     # depend on the working directory.
     first = _spawn_build(tiny_model("llama"), "bundle", "--archive", "--json", cwd=tmp_path)
-    time.sleep(1.5)
+    lock = tmp_path / ".bundle.lock"
+    while not lock.exists() and first.poll() is None:  # the first build holds OUT from here on
+        time.sleep(0.02)
     # A second build into the same OUT is refused at once instead of racing the first.
     second = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--method", "fp32", "-o", str(out), *FAST)
     stdout, stderr = first.communicate(timeout=600)
@@ -96,10 +99,10 @@ def test_failing_stage_names_itself(tmp_path: Path) -> None:
 
 def test_sigkill_mid_build_leaves_no_bundle(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "b"
-    proc = _spawn_build(tiny_model("llama"), out, "--method", "fp32")
-    time.sleep(4)  # inside export or bench
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run = Spawned("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), *FAST, "--method", "fp32")
+    run.wait_for_line("bench: latency")
+    run.proc.send_signal(signal.SIGKILL)
+    run.finish()
     assert not out.exists()
     assert not any((p / "edgekit.json").exists() for p in tmp_path.iterdir())
     assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # only hidden temp folders, cleaned by the next build
@@ -107,11 +110,11 @@ def test_sigkill_mid_build_leaves_no_bundle(tiny_model, tmp_path: Path) -> None:
 
 def test_sigint_mid_build_is_clean(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "b"
-    proc = _spawn_build(tiny_model("llama"), out, "--method", "fp32")
-    time.sleep(4)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    run = Spawned("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), *FAST, "--method", "fp32")
+    run.wait_for_line("bench: fidelity")
+    run.proc.send_signal(signal.SIGINT)
+    code, _, err = run.finish()
+    assert code == 130 and "edgekit: interrupted" in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -17,3 +19,48 @@ def assert_clean_failure(res: subprocess.CompletedProcess[str], code: int, *word
         assert not out.exists(), f"{out} was left behind"
         leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
         assert not leftovers, f"temporary folders left behind: {leftovers}"
+
+
+class Spawned:
+    """The real CLI in a subprocess, its stderr read as it comes, so a test can act on a state the run reports
+    (a progress line, a file) instead of guessing with sleep()."""
+
+    def __init__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+        import os
+        import sys
+        import threading
+
+        full_env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+        full_env.update({"EDGEKIT_PROGRESS_INTERVAL": "1", **(env or {})})
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgekit", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
+        """Return once `ready()` holds; fail if the process ends first or the state never comes."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process ended (exit {self.proc.returncode}) before {what}:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s:\n{self.stderr}")
+            time.sleep(0.02)
+
+    def wait_for_line(self, text: str, timeout: float = 300) -> None:
+        self.wait_until(lambda: any(text in ln for ln in self.lines), f"a stderr line with {text!r}", timeout)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.proc.returncode, out, self.stderr
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
