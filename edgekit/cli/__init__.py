@@ -133,10 +133,11 @@ def _ignore_late_interrupts() -> None:
 def _exit(code: int) -> NoReturn:
     _ignore_late_interrupts()
     if _Interrupt.received or code == 130:
-        # A KeyboardInterrupt that ever passed through code run by PyRun_String (pybind11 does that while
-        # torch and onnxruntime import) sets CPython's "unhandled KeyboardInterrupt" flag even when it was then
-        # caught, and the interpreter ends by killing itself with SIGINT (exit -2): CI reads that as a crash.
-        # Leaving through os._exit keeps the exit code we decided; every stage has already cleaned up.
+        # Under `python -m`, a KeyboardInterrupt that ends a string exec (dataclasses and namedtuple build
+        # classes that way, many times while torch and transformers import) sets CPython's "unhandled
+        # KeyboardInterrupt" flag even when it is caught later, and the interpreter then kills itself with SIGINT
+        # (exit -2), which CI reads as a crash. os._exit keeps the exit code we decided; every stage has
+        # already cleaned up by now.
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
