@@ -6,6 +6,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def assert_clean_failure(res: subprocess.CompletedProcess[str], code: int, *words: str, out: Path | None = None) -> None:
@@ -35,13 +36,17 @@ class Spawned:
         self.proc = subprocess.Popen([sys.executable, "-m", "edgekit", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd)
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.out: list[str] = []
+        # Both pipes are drained by threads: a killed run's children may hold them open long after it died.
+        self._readers = [threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+                         for stream, sink in ((self.proc.stderr, self.lines), (self.proc.stdout, self.out))]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
 
     def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
         """Return once `ready()` holds; fail if the process ends first or the state never comes."""
@@ -57,9 +62,10 @@ class Spawned:
         self.wait_until(lambda: any(text in ln for ln in self.lines), f"a stderr line with {text!r}", timeout)
 
     def finish(self, timeout: float = 120) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(timeout=10)
-        return self.proc.returncode, out, self.stderr
+        self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return self.proc.returncode, "".join(self.out), self.stderr
 
     @property
     def stderr(self) -> str:
