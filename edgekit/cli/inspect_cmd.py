@@ -17,22 +17,38 @@ ENVVAR = "EDGEKIT_ALLOW_IMPLAUSIBLE_SOURCE"
 def allow_implausible_option(func: F) -> F:
     """--allow-implausible-source on build, fit and bench: failed source checks are recorded, not fatal."""
     return click.option(
-        "--allow-implausible-source", "allow_implausible_source", is_flag=True, envvar=ENVVAR,
+        "--allow-implausible-source",
+        "allow_implausible_source",
+        is_flag=True,
+        envvar=ENVVAR,
         help="Build even when a source check fails (e.g. a random-weight test model); recorded in "
-             f"report.json source.sanity and the bundle manifest. Env: {ENVVAR}=1.",
+        f"report.json source.sanity and the bundle manifest. Env: {ENVVAR}=1.",
     )(func)
 
 
 @click.command()
 @click.argument("source")
-@click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out text, one sample a line.")
-@click.option("--eval-tokens", type=click.IntRange(16), default=512, show_default=True,
-              help="Tokens of eval text for bytes per token and the source's own PPL.")
+@click.option(
+    "--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out text, one sample a line."
+)
+@click.option(
+    "--eval-tokens",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="Tokens of eval text for bytes per token and the source's own PPL.",
+)
 @click.option("--task", default=None, help="Force the task (text-generation, text-classification, ...).")
 @click.option("--trust-remote-code", is_flag=True)
 @common_options
-def inspect(source: str, eval_data: Path | None, eval_tokens: int, task: str | None, trust_remote_code: bool,
-            as_json: bool) -> None:
+def inspect(
+    source: str,
+    eval_data: Path | None,
+    eval_tokens: int,
+    task: str | None,
+    trust_remote_code: bool,
+    as_json: bool,
+) -> None:
     """Check SOURCE before building from it: tokenizer equivalence (GGUF), round trip, bytes/token, own PPL."""
     from edgekit.errors import SourceCheckFailed
     from edgekit.source import load_source
@@ -45,8 +61,10 @@ def inspect(source: str, eval_data: Path | None, eval_tokens: int, task: str | N
     if as_json:
         emit_json({"source": src.fingerprint, "sanity": record})
     else:
-        rows = [(c["name"], "ok" if c["passed"] else "FAILED", c["value"], c["limit"], c["detail"][:60])
-                for c in record["checks"]]
+        rows = [
+            (c["name"], "ok" if c["passed"] else "FAILED", c["value"], c["limit"], c["detail"][:60])
+            for c in record["checks"]
+        ]
         echo(table(rows, ["check", "result", "value", "expected", "detail"]))
         tok = record.get("tokenizer") or {}
         if tok:

@@ -31,8 +31,19 @@ def spm_vocab() -> dict[str, Any]:
     tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces]
     scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
     types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * len(pieces)
-    return {"model": "llama", "pre": "default", "tokens": tokens, "scores": scores, "types": types, "merges": None,
-            "bos": 1, "eos": 2, "unk": 0, "add_bos": True, "add_space_prefix": True}
+    return {
+        "model": "llama",
+        "pre": "default",
+        "tokens": tokens,
+        "scores": scores,
+        "types": types,
+        "merges": None,
+        "bos": 1,
+        "eos": 2,
+        "unk": 0,
+        "add_bos": True,
+        "add_space_prefix": True,
+    }
 
 
 def bpe_vocab(pre: str = "smollm") -> dict[str, Any]:
@@ -43,10 +54,15 @@ def bpe_vocab(pre: str = "smollm") -> dict[str, Any]:
 
     tok = Tokenizer(models.BPE())
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_REGEXES[pre]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                                     use_regex=False)])
-    trainer = trainers.BpeTrainer(vocab_size=BPE_SIZE, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_SIZE,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(), trainer)
     import json
 
@@ -54,8 +70,19 @@ def bpe_vocab(pre: str = "smollm") -> dict[str, Any]:
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     types = [CONTROL] + [NORMAL] * (len(tokens) - 1)
-    return {"model": "gpt2", "pre": pre, "tokens": tokens, "scores": None, "types": types, "merges": merges,
-            "bos": 0, "eos": 0, "unk": None, "add_bos": False, "add_space_prefix": False}
+    return {
+        "model": "gpt2",
+        "pre": pre,
+        "tokens": tokens,
+        "scores": None,
+        "types": types,
+        "merges": merges,
+        "bos": 0,
+        "eos": 0,
+        "unk": None,
+        "add_bos": False,
+        "add_space_prefix": False,
+    }
 
 
 def write_gguf(path: Path, vocab: dict[str, Any], *, arch: str = "llama", weights: bool = True) -> Path:
@@ -101,15 +128,25 @@ def write_gguf(path: Path, vocab: dict[str, Any], *, arch: str = "llama", weight
     return path
 
 
-def _llama_tensors(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int,
-                   ffn: int) -> list[tuple[str, tuple[int, ...]]]:
+def _llama_tensors(
+    vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, ffn: int
+) -> list[tuple[str, tuple[int, ...]]]:
     head_dim = hidden // heads
-    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (vocab, hidden)), ("output_norm.weight", (hidden,)),
-                                              ("output.weight", (vocab, hidden))]
+    out: list[tuple[str, tuple[int, ...]]] = [
+        ("token_embd.weight", (vocab, hidden)),
+        ("output_norm.weight", (hidden,)),
+        ("output.weight", (vocab, hidden)),
+    ]
     for i in range(layers):
-        out += [(f"blk.{i}.attn_norm.weight", (hidden,)), (f"blk.{i}.ffn_norm.weight", (hidden,)),
-                (f"blk.{i}.attn_q.weight", (hidden, hidden)), (f"blk.{i}.attn_k.weight", (kv_heads * head_dim, hidden)),
-                (f"blk.{i}.attn_v.weight", (kv_heads * head_dim, hidden)), (f"blk.{i}.attn_output.weight", (hidden, hidden)),
-                (f"blk.{i}.ffn_gate.weight", (ffn, hidden)), (f"blk.{i}.ffn_up.weight", (ffn, hidden)),
-                (f"blk.{i}.ffn_down.weight", (hidden, ffn))]
+        out += [
+            (f"blk.{i}.attn_norm.weight", (hidden,)),
+            (f"blk.{i}.ffn_norm.weight", (hidden,)),
+            (f"blk.{i}.attn_q.weight", (hidden, hidden)),
+            (f"blk.{i}.attn_k.weight", (kv_heads * head_dim, hidden)),
+            (f"blk.{i}.attn_v.weight", (kv_heads * head_dim, hidden)),
+            (f"blk.{i}.attn_output.weight", (hidden, hidden)),
+            (f"blk.{i}.ffn_gate.weight", (ffn, hidden)),
+            (f"blk.{i}.ffn_up.weight", (ffn, hidden)),
+            (f"blk.{i}.ffn_down.weight", (hidden, ffn)),
+        ]
     return out

@@ -17,8 +17,17 @@ from tests.source.gguf_fixtures import bpe_vocab, spm_vocab, write_gguf
 def _spm(tokens: dict[str, float], *, prefix: bool = True) -> GGUFVocab:
     names = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *tokens]
     scores = [0.0] * 259 + list(tokens.values())
-    return GGUFVocab("llama", "default", names, scores, [2, 3, 3] + [6] * 256 + [1] * len(tokens), [],
-                     {"unk": 0, "bos": 1, "eos": 2}, add_bos=True, add_space_prefix=prefix)
+    return GGUFVocab(
+        "llama",
+        "default",
+        names,
+        scores,
+        [2, 3, 3] + [6] * 256 + [1] * len(tokens),
+        [],
+        {"unk": 0, "bos": 1, "eos": 2},
+        add_bos=True,
+        add_space_prefix=prefix,
+    )
 
 
 def test_reference_spm_merges_by_score_and_falls_back_to_bytes() -> None:
@@ -33,8 +42,14 @@ def test_reference_spm_merges_by_score_and_falls_back_to_bytes() -> None:
     assert ref.encode("é") == [ids["▁"], ids["<0xC3>"], ids["<0xA9>"]]  # not in the vocabulary: UTF-8 bytes
     for v in (vocab, flipped):  # the tokenizers-built one agrees on the same hand-checked cases
         for text in ("ab", "a", "é", "ab ab"):
-            assert build_tokenizer(v).encode(text, add_special_tokens=False).ids == ReferenceTokenizer(v).encode(text)
-    assert ReferenceTokenizer(_spm({"▁": -1, "a": -2}, prefix=False)).encode("a a") == [ids["a"], ids["▁"], ids["a"]]
+            assert build_tokenizer(v).encode(text, add_special_tokens=False).ids == ReferenceTokenizer(
+                v
+            ).encode(text)
+    assert ReferenceTokenizer(_spm({"▁": -1, "a": -2}, prefix=False)).encode("a a") == [
+        ids["a"],
+        ids["▁"],
+        ids["a"],
+    ]
 
 
 def test_reference_bpe_applies_pre_tokenizer_then_merge_ranks() -> None:
@@ -79,7 +94,9 @@ def _fixture_json(tmp_path: Path, kind: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("kind", ["spm", "bpe"])
-def test_equivalence_passes_for_the_built_tokenizer_and_fails_without_merges(kind: str, tmp_path: Path) -> None:
+def test_equivalence_passes_for_the_built_tokenizer_and_fails_without_merges(
+    kind: str, tmp_path: Path
+) -> None:
     gguf, tok_json = _fixture_json(tmp_path, kind)
     assert all(c.passed for c in tokenizer_equivalence(gguf, tok_json))
     data = json.loads(tok_json.read_text())
@@ -108,4 +125,7 @@ def test_special_tokens_and_bos_are_checked(tmp_path: Path) -> None:
     data["post_processor"] = None  # the GGUF says add_bos_token = true
     tok_json.write_text(json.dumps(data))
     checks = {c.name: c for c in tokenizer_equivalence(gguf, tok_json)}
-    assert not checks["tokenizer.special_tokens"].passed and "add_bos_token" in checks["tokenizer.special_tokens"].detail
+    assert (
+        not checks["tokenizer.special_tokens"].passed
+        and "add_bos_token" in checks["tokenizer.special_tokens"].detail
+    )

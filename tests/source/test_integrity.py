@@ -30,8 +30,18 @@ def test_build_with_a_broken_tokenizer_exits_2_naming_the_check(cache: Path, tmp
     tok["model"]["merges"] = []
     (converted / "tokenizer.json").write_text(json.dumps(tok))
     out = tmp_path / "bundle"
-    res = run_cli("build", str(gguf), "--profile", "local", "--method", "fp32", "-o", str(out), *FAST,
-                  env={**STRICT, "EDGEKIT_CACHE": str(cache)})
+    res = run_cli(
+        "build",
+        str(gguf),
+        "--profile",
+        "local",
+        "--method",
+        "fp32",
+        "-o",
+        str(out),
+        *FAST,
+        env={**STRICT, "EDGEKIT_CACHE": str(cache)},
+    )
     assert res.returncode == 2, res.stderr
     assert "source check 'tokenizer.probes' failed" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1  # one line
@@ -44,8 +54,14 @@ def test_inspect_reports_every_figure_and_exits_2_on_a_random_model(cache: Path,
     assert res.returncode == 2 and "source check 'bits_per_byte' failed" in res.stderr
     sanity = json.loads(res.stdout)["sanity"]
     checks = {c["name"]: c["passed"] for c in sanity["checks"]}
-    assert checks == {"tokenizer.vocab": True, "tokenizer.special_tokens": True, "tokenizer.probes": True,
-                      "round_trip": True, "bytes_per_token": True, "bits_per_byte": False}
+    assert checks == {
+        "tokenizer.vocab": True,
+        "tokenizer.special_tokens": True,
+        "tokenizer.probes": True,
+        "round_trip": True,
+        "bytes_per_token": True,
+        "bits_per_byte": False,
+    }
     figures = sanity["figures"]
     assert figures["bits_per_byte"] > figures["byte_entropy_baseline"] > 3 and figures["ppl"] > 100
     assert sanity["tokenizer"]["built_by"].startswith("edgekit.source.gguf_tokenizer@")
@@ -54,8 +70,19 @@ def test_inspect_reports_every_figure_and_exits_2_on_a_random_model(cache: Path,
 def test_override_records_and_builds(cache: Path, tmp_path: Path) -> None:
     gguf = write_gguf(tmp_path / "spm.gguf", spm_vocab())
     out = tmp_path / "b"
-    res = run_cli("build", str(gguf), "--profile", "local", "--method", "fp32", "-o", str(out), *FAST,
-                  "--allow-implausible-source", env={**STRICT, "EDGEKIT_CACHE": str(cache)})
+    res = run_cli(
+        "build",
+        str(gguf),
+        "--profile",
+        "local",
+        "--method",
+        "fp32",
+        "-o",
+        str(out),
+        *FAST,
+        "--allow-implausible-source",
+        env={**STRICT, "EDGEKIT_CACHE": str(cache)},
+    )
     assert res.returncode in (0, 1), res.stderr
     sanity = json.loads((out / "report.json").read_text())["source"]["sanity"]
     assert sanity["override"] == "--allow-implausible-source" and sanity["failed"] == ["bits_per_byte"]
