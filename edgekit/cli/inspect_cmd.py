@@ -26,6 +26,25 @@ def allow_implausible_option(func: F) -> F:
     )(func)
 
 
+def sanity_line(sanity: dict[str, Any]) -> str:
+    """One line of the source stage's figures for the build summary."""
+    f = sanity.get("figures") or {}
+    parts = [f"{f['bytes_per_token']} bytes/token"]
+    if "bits_per_byte" in f:
+        parts.append(
+            f"{f['bits_per_byte']} bits/byte (text's byte entropy {f['byte_entropy_baseline']}), PPL {f['ppl']}"
+        )
+    probes = next((c["value"] for c in sanity.get("checks", []) if c["name"] == "tokenizer.probes"), None)
+    if probes:
+        parts.append(f"tokenizer probes {probes}")
+    state = (
+        "ok"
+        if sanity.get("passed")
+        else f"FAILED {', '.join(sanity.get('failed') or [])} (allowed by {sanity.get('override')})"
+    )
+    return f"source checks {state}: " + "; ".join(parts)
+
+
 @click.command()
 @click.argument("source")
 @click.option(

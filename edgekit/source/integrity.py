@@ -214,7 +214,10 @@ def bits_per_byte(model: Any, tokenizer: Any, ids: list[int], window: int) -> tu
 
 def sanity(source: Any, texts: list[str], *, eval_tokens: int = 512) -> tuple[list[Check], dict[str, Any]]:
     """Round trip, bytes per token and (language models) bits per byte vs the text's byte entropy."""
-    tokenizer = source.load_tokenizer()
+    try:
+        tokenizer = source.load_tokenizer()
+    except (OSError, ValueError) as exc:
+        raise SourceCheckFailed(f"{source.path}: cannot load the source's tokenizer ({exc})") from exc
     generative = source.task == "text-generation"
     checks = [round_trip(tokenizer)]
     if not generative:  # uncased WordPiece legitimately loses case and spacing: recorded, not judged
