@@ -10,7 +10,9 @@ and this is checked against llama.cpp's algorithms as written in `src/llama-voca
   matches stays a piece), map each piece's bytes to GPT-2's printable byte alphabet, repeatedly merge the
   adjacent pair with the lowest merge rank (ties: leftmost), then map each symbol to its id.
 
-Special tokens in the text are not parsed (llama.cpp's `parse_special=false`); probes contain none.
+As with llama.cpp's `parse_special=false`, control tokens in the text are not parsed, but user-defined tokens are
+cut out first, longest first (`tokenizer_st_partition`); an SPM text fragment after such a token gets its own
+space prefix.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from edgekit.errors import UnsupportedError
-from edgekit.source.gguf_vocab import GGUFVocab
+from edgekit.source.gguf_vocab import USER_DEFINED, GGUFVocab
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3_PATTERN = (
@@ -103,7 +105,24 @@ class ReferenceTokenizer:
             )
 
     def encode(self, text: str) -> list[int]:
-        return self._encode(text) if text else []
+        out: list[int] = []
+        for piece in self._partition(text):
+            out += [piece] if isinstance(piece, int) else self._encode(piece)
+        return out
+
+    def _partition(self, text: str) -> list[str | int]:
+        fragments: list[str | int] = [text] if text else []
+        for tid in sorted(self.vocab.of_type(USER_DEFINED), key=lambda i: -len(self.vocab.tokens[i])):
+            token = self.vocab.tokens[tid]
+            split: list[str | int] = []
+            for frag in fragments:
+                if isinstance(frag, int) or token not in frag:
+                    split.append(frag)
+                    continue
+                for i, part in enumerate(frag.split(token)):
+                    split += ([tid] if i else []) + ([part] if part else [])
+            fragments = split
+        return fragments
 
     # ------------------------------------------------------------ SPM
 

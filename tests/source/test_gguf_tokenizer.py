@@ -119,6 +119,33 @@ def test_transformers_gemma_converter_fails_the_check(tmp_path: Path) -> None:
     assert checks["tokenizer.probes"].value.startswith("0/")  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("kind", ["spm", "bpe"])
+def test_user_defined_tokens_are_cut_out_first(kind: str) -> None:
+    vocab = spm_vocab() if kind == "spm" else bpe_vocab()
+    vocab["tokens"] += ["<|user|>", "\n\n"]
+    vocab["types"] += [
+        4,
+        4,
+    ]  # USER_DEFINED: matched whole in raw text, as llama.cpp does even without parse_special
+    if vocab["scores"] is not None:
+        vocab["scores"] += [0.0, 0.0]
+    gguf_vocab = GGUFVocab(
+        vocab["model"],
+        vocab["pre"],
+        vocab["tokens"],
+        vocab["scores"] or [0.0] * len(vocab["tokens"]),
+        vocab["types"],
+        vocab["merges"] or [],
+        {"bos": vocab["bos"]},
+        add_space_prefix=vocab["add_space_prefix"],
+    )
+    ref, built = ReferenceTokenizer(gguf_vocab), build_tokenizer(gguf_vocab)
+    text = "hello<|user|>the world\n\nand more<|user|>"
+    want = ref.encode(text)
+    assert want.count(gguf_vocab.ids["<|user|>"]) == 2 and gguf_vocab.ids["\n\n"] in want
+    assert built.encode(text, add_special_tokens=False).ids == want
+
+
 def test_special_tokens_and_bos_are_checked(tmp_path: Path) -> None:
     gguf, tok_json = _fixture_json(tmp_path, "spm")
     data = json.loads(tok_json.read_text())
