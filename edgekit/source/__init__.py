@@ -273,7 +273,6 @@ def _convert_gguf(path: Path, cache_name: str | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.source.gguf_tokenizer import BUILT_BY, VERSION, save_tokenizer
     from edgekit.source.gguf_vocab import read_gguf_vocab
 
     vocab = read_gguf_vocab(path)  # also the integrity check of the file: corrupt → InputError
@@ -289,16 +288,32 @@ def _convert_gguf(path: Path, cache_name: str | None = None) -> Path:
         del model.config.quantization_config
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        save_tokenizer(vocab, tmp)
+        built_by = _save_gguf_tokenizer(vocab, path, tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         marker = {
             "converted_from": str(path.resolve()),
             "conversion_version": CONVERSION_VERSION,
-            "tokenizer": f"{BUILT_BY}@{VERSION}",
+            "tokenizer": built_by,
         }
         (tmp / "edgekit-source.json").write_text(json.dumps(marker, indent=2))
     return out
+
+
+def _save_gguf_tokenizer(vocab: Any, path: Path, folder: Path) -> str:
+    """edgekit's tokenizer for the vocabularies it has a reference for; transformers' otherwise (then the
+    source stage's probe check fails, and only --allow-implausible-source builds from it)."""
+    from edgekit.source.gguf_tokenizer import BUILT_BY, VERSION, save_tokenizer
+
+    try:
+        save_tokenizer(vocab, folder)
+        return f"{BUILT_BY}@{VERSION}"
+    except UnsupportedError as exc:
+        log.warning("%s: %s; using transformers' tokenizer conversion, unchecked", path.name, exc.message)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    return "transformers GGUF conversion"
 
 
 def _converted_ok(out: Path) -> bool:

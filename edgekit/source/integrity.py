@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import SourceCheckFailed
+from edgekit.errors import SourceCheckFailed, UnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ def tokenizer_record(folder: Path) -> dict[str, Any] | None:
     path = folder / "tokenizer.json"
     if not path.is_file():
         return None
-    cfg_path = folder / "tokenizer_config.json"
-    built_by = json.loads(cfg_path.read_text()).get("edgekit_built_by") if cfg_path.is_file() else None
-    origin = gguf_origin(folder)
+    marker = folder / "edgekit-source.json"
+    meta = json.loads(marker.read_text()) if marker.is_file() else {}
+    origin = meta.get("converted_from")
     how = (
-        f"{built_by} from {origin.name}"
-        if built_by and origin
-        else (built_by or "shipped with the source folder")
+        f"{meta.get('tokenizer', 'unknown')} from {Path(origin).name}"
+        if origin
+        else "shipped with the source folder"
     )
     return {"file": "tokenizer.json", "sha256": sha256_file(path), "built_by": how}
 
@@ -138,7 +138,13 @@ def tokenizer_equivalence(
             ", ".join(bad_specials),
         )
     )
-    ref = ReferenceTokenizer(vocab)
+    try:
+        ref = ReferenceTokenizer(vocab)
+    except UnsupportedError as exc:
+        checks.append(
+            Check("tokenizer.probes", False, "no reference", "a reference tokenization", exc.message)
+        )
+        return checks
     same, first = 0, ""
     for text in probes:
         want, got = ref.encode(text), tok.encode(text, add_special_tokens=False).ids

@@ -116,3 +116,24 @@ def test_smollm2_source_sanity() -> None:
     assert sanity["passed"] and all(c["passed"] for c in sanity["checks"])
     figures = sanity["figures"]
     assert 3.5 < figures["bytes_per_token"] < 6 and figures["bits_per_byte"] < 1.5 and figures["ppl"] < 60
+
+
+def test_unsupported_pre_tokenizer_converts_with_transformers_but_fails_the_check(
+    cache: Path, tmp_path: Path
+) -> None:
+    from edgekit.errors import SourceCheckFailed
+    from edgekit.source.integrity import check_source
+
+    vocab = {**bpe_vocab(), "pre": "qwen2"}  # a pre-tokenizer edgekit has no reference for (yet)
+    source = load_source(str(write_gguf(tmp_path / "q.gguf", vocab)))
+    with pytest.raises(SourceCheckFailed, match=r"source check 'tokenizer\."):
+        check_source(source)
+    record = check_source(source, allow_implausible=True)
+    assert record["tokenizer"]["built_by"] == "transformers GGUF conversion from q.gguf"
+    checks = {c["name"]: c for c in record["checks"]}
+    assert (
+        "not supported yet" in checks["tokenizer.probes"]["detail"]
+        and not checks["tokenizer.probes"]["passed"]
+    )
+    # transformers' conversion also adds a BOS the GGUF says not to add (tokenizer.ggml.add_bos_token = false).
+    assert "add_bos_token=False" in checks["tokenizer.special_tokens"]["detail"]
