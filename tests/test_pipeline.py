@@ -50,8 +50,8 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     assert manifest["settings"]["settings"]["method"] == "int8-weight" and manifest["settings"]["export"]
     assert manifest["source"]["sha256"] and manifest["runtime"]["onnxruntime"].startswith(">=")
     # A random-weight source: the bits-per-byte check fails, and the override that let it through is on record.
-    assert manifest["source_checks"] == {"passed": False, "failed": ["bits_per_byte"],
-                                         "override": "--allow-implausible-source"}
+    checks = manifest["source_checks"]
+    assert "bits_per_byte" in checks["failed"] and checks["override"] == "--allow-implausible-source"
     assert manifest["tokenizer"]["sha256"] == manifest["files"]["tokenizer.json"]["sha256"]
     assert manifest["tokenizer"]["same_as_checked_source"] is True
     assert manifest["runtime"]["threads"] == 1 and manifest["target"] == "x86-avx2"

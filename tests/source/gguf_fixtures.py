@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SPM_SIZE, BPE_SIZE = 600, 600
+SPM_SIZE, BPE_SIZE = 1000, 1000
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
 
 
