@@ -137,3 +137,20 @@ def test_unsupported_pre_tokenizer_converts_with_transformers_but_fails_the_chec
     )
     # transformers' conversion also adds a BOS the GGUF says not to add (tokenizer.ggml.add_bos_token = false).
     assert "add_bos_token=False" in checks["tokenizer.special_tokens"]["detail"]
+
+
+def test_inspect_hf_folders(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    res = run_cli("inspect", str(tiny_model("llama")), env=STRICT)
+    assert res.returncode == 2 and "source check 'bits_per_byte' failed" in res.stderr
+    assert (
+        "bits_per_byte" in res.stdout
+        and "FAILED" in res.stdout
+        and "shipped with the source folder" in res.stdout
+    )
+    emb = run_cli("inspect", str(tiny_model("bert-emb")), "--json", env=STRICT)
+    checks = {c["name"]: c for c in json.loads(emb.stdout)["sanity"]["checks"]}
+    assert set(checks) == {
+        "round_trip",
+        "bytes_per_token",
+    }  # no PPL for an encoder, no GGUF checks for a folder
+    assert "recorded only" in checks["round_trip"]["limit"]
