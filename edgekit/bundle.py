@@ -190,8 +190,30 @@ def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, co
         "io": record.get("io") or (record.get("export") or {}).get("io"),
         "with_past": record.get("with_past", (record.get("export") or {}).get("with_past")),
         "generation_config": json.loads(gen_path.read_text()) if gen_path.is_file() else None,
+        "tokenizer": tokenizer_entry(artifact.path, report),
+        "source_checks": _source_checks(report),
         "command": command,
     }
+
+
+def tokenizer_entry(folder: Path, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The shipped tokenizer.json's sha256 (`edgekit run` refuses another) and how it was built."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    checked = (((report.get("source") or {}).get("sanity") or {}).get("tokenizer")) or {}
+    sha = sha256_file(path)
+    if checked.get("sha256") not in (None, sha):
+        log.warning("the bundled tokenizer.json differs from the source tokenizer that was checked and benched with")
+    return {"file": path.name, "sha256": sha, "built_by": checked.get("built_by", "shipped with the source folder"),
+            "same_as_checked_source": checked.get("sha256") == sha if checked else None}
+
+
+def _source_checks(report: dict[str, Any]) -> dict[str, Any] | None:
+    sanity = (report.get("source") or {}).get("sanity")
+    if not sanity:
+        return None
+    return {"passed": sanity.get("passed"), "failed": sanity.get("failed"), "override": sanity.get("override")}
 
 
 def _settings(record: dict[str, Any]) -> dict[str, Any]:

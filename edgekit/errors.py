@@ -65,3 +65,7 @@ class GateFailed(EdgekitError):
     """The variant does not fit the profile: one or more gate rules failed."""
 
     exit_code = 1
+
+
+class SourceCheckFailed(EdgekitError):
+    """The source failed an integrity or sanity check (a broken tokenizer, an implausible PPL): nothing is built."""

@@ -309,7 +309,7 @@ class FitResult:
 def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[str] | None = None,
         max_candidates: int = 12, time_budget_min: float = 60.0, workers: int = 1,
         bench_options: dict[str, Any] | None = None, calibration: Path | None = None,
-        command: str = "") -> FitResult:
+        command: str = "", allow_implausible_source: bool = False) -> FitResult:
     """Search the candidate space; write the chosen bundle (or the nearest miss, marked failed) at `out`."""
     import shutil
     import tempfile
@@ -317,8 +317,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
     from edgekit.catalog import check_method, load_target
     from edgekit.export import export
     from edgekit.fit_report import write_fit_files
-    from edgekit.pipeline import BuildOptions, _write, check_text_files
-    from edgekit.source import load_source
+    from edgekit.pipeline import BuildOptions, _write, check_text_files, checked_source
     from edgekit.util import exclusive
 
     out = Path(out)
@@ -327,7 +326,9 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
         check_method(m, target, where="--methods")
     check_text_files((bench_options or {}).get("eval_data"), calibration)
     deadline = time.monotonic() + time_budget_min * 60
-    source = load_source(source_spec)
+    eval_data = (bench_options or {}).get("eval_data")
+    source, sanity = checked_source(source_spec, BuildOptions(eval_data=eval_data,
+                                                              allow_implausible_source=allow_implausible_source))
     embed, other = parameter_split(source)
     outcomes = [Outcome(c, estimate(c, embed, other, profile)) for c in candidate_space(target, methods)]
     for o in outcomes:
@@ -349,6 +350,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
 
                 files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
                 report = {**pick.report, "gate": pick.gate.to_dict()}
+                report["source"] = {**(report.get("source") or {}), "sanity": sanity}
                 bundle = _write(OnnxArtifact.load(pick.folder), source, report, pick.gate, profile, target,
                                 pick.candidate.method, out, BuildOptions(command=command, calibration=calibration), [],
                                 extra_files=files)

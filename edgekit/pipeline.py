@@ -47,6 +47,7 @@ class BuildOptions:
     archive: bool = False
     keep_work: bool = False
     trust_remote_code: bool = False
+    allow_implausible_source: bool = False  # recorded in report.json source.sanity.override and the manifest
     command: str = ""
     bench: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
@@ -129,7 +130,6 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
     """
     from edgekit.bundle import clean_stale
     from edgekit.catalog import check_method, load_target
-    from edgekit.source import load_source
 
     opts = options or BuildOptions()
     out = Path(out)
@@ -146,13 +146,14 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
         # Absolute, so no stage depends on the working directory (quantizers run tools in their own folders).
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent)).resolve()
         try:
-            source = stages.call("source", lambda: load_source(source_spec, trust_remote_code=opts.trust_remote_code))
+            source, sanity = stages.call("source", lambda: checked_source(source_spec, opts))
             method = opts.method or profile.method_for(source.task)
             check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
             stages.plan = _plan(method, opts.then)
             variant, model_source, extra = _make_variant(stages, source, method, target, work, opts)
             report = stages.call("bench", lambda: _bench(variant, source, profile, opts))
             report.update(extra)
+            report["source"] = {**(report.get("source") or {}), "sanity": sanity}
             if "distill" in report:
                 report["distill"].update(retention(report))
             from edgekit.gate import gate as run_gate
@@ -177,6 +178,15 @@ def check_text_files(eval_data: Path | None, calibration: Path | None) -> None:
         read_text_file(eval_data, what="eval data")
     if calibration is not None:
         read_text_file(calibration, what="calibration file")
+
+
+def checked_source(spec: str, opts: BuildOptions) -> tuple[Any, dict[str, Any]]:
+    """Load SOURCE and run the integrity stage on it, before anything is exported (SourceCheckFailed → exit 2)."""
+    from edgekit.source import load_source
+    from edgekit.source.integrity import check_source
+
+    source = load_source(spec, trust_remote_code=opts.trust_remote_code)
+    return source, check_source(source, eval_data=opts.eval_data, allow_implausible=opts.allow_implausible_source)
 
 
 def retention(report: dict[str, Any]) -> dict[str, float | None]:

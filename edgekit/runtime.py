@@ -242,6 +242,7 @@ class Model:
         self.task = str(record.get("task") or _task_from_config(self.config))
         self.session = make_session(self.folder / "model.onnx", threads=threads, providers=providers)
         self.tokenizer = load_tokenizer(self.folder)
+        _check_tokenizer(self.folder, record)
 
     @property
     def eos_ids(self) -> set[int]:
@@ -289,6 +290,18 @@ class Model:
         id2label = self.config.get("id2label") or {}
         # transformers omits the default id2label when saving; its default names are LABEL_<i>.
         return [str(id2label.get(str(int(i)), f"LABEL_{int(i)}")) for i in logits.argmax(-1)]
+
+
+def _check_tokenizer(folder: Path, record: dict[str, Any]) -> None:
+    """A bundle prints through the tokenizer its fidelity figures were computed with, or not at all."""
+    import hashlib
+
+    from edgekit.errors import BundleError
+
+    want = (record.get("tokenizer") or {}).get("sha256")
+    if want and hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest() != want:
+        raise BundleError(f"{folder}/tokenizer.json is not the tokenizer this bundle was checked with "
+                          "(sha256 differs from edgekit.json); rebuild the bundle")
 
 
 def _task_from_config(config: dict[str, Any]) -> str:

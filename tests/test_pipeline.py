@@ -52,6 +52,11 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     assert manifest["command"].startswith("edgekit build ") and "-o bundle" in manifest["command"]
     assert manifest["settings"]["settings"]["method"] == "int8-weight" and manifest["settings"]["export"]
     assert manifest["source"]["sha256"] and manifest["runtime"]["onnxruntime"].startswith(">=")
+    # A random-weight source: the bits-per-byte check fails, and the override that let it through is on record.
+    checks = manifest["source_checks"]
+    assert "bits_per_byte" in checks["failed"] and checks["override"] == "--allow-implausible-source"
+    assert manifest["tokenizer"]["sha256"] == manifest["files"]["tokenizer.json"]["sha256"]
+    assert manifest["tokenizer"]["same_as_checked_source"] is True
     assert manifest["runtime"]["threads"] == 1 and manifest["target"] == "x86-avx2"
     assert {i["name"] for i in manifest["io"]["inputs"]} >= {"input_ids", "attention_mask"}
     for name in ("model.onnx", "tokenizer.json", "config.json", "report.json", "report.md", "gate.json", "build.json"):

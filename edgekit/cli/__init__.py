@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "verify": "edgekit.cli.bundle_cmds:verify",
     "run": "edgekit.cli.bundle_cmds:run",
     "fit": "edgekit.cli.fit_cmd:fit",
+    "inspect": "edgekit.cli.inspect_cmd:inspect",
     "profiles": "edgekit.cli.catalog_cmds:profiles",
     "targets": "edgekit.cli.catalog_cmds:targets",
 }
@@ -41,6 +42,7 @@ SHORT_HELP: dict[str, str] = {
     "verify": "Recompute a bundle's hashes and run one inference.",
     "run": "Run a bundle with onnxruntime only (no torch).",
     "fit": "Find the cheapest variant that passes a profile.",
+    "inspect": "Check a SOURCE's integrity (tokenizer, round trip, own PPL) without building.",
     "profiles": "List or show device budget profiles.",
     "targets": "List or show compile targets.",
 }

