@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "edgekit/report@1"
 DEFAULT_MAX_TIME_S = 30.0
+# 8 windows of 256 tokens from 8 documents: SmolLM2-135M pays ~4 s per window (PyTorch + ONNX, 1 thread).
+DEFAULT_EVAL_TOKENS = 2048
 # Latencies and sizes: smaller is better, so speedup = source / variant; rates: variant / source.
 SMALLER_IS_BETTER = ("ttft_ms", "per_token_ms", "latency_ms", "load_ms", "peak_rss_mb", "model_size_mb")
 
@@ -106,7 +108,7 @@ def _check_lineage(variant: OnnxArtifact, source: Any) -> None:
 
 
 def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path | None = None, on_device: bool = False,
-          eval_tokens: int = 512, max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
+          eval_tokens: int = DEFAULT_EVAL_TOKENS, max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
     """Measure `variant` (ONNX) against `source` (PyTorch fp32) for `profile`; return the report dict."""
     from edgekit.bench.fidelity import measure_fidelity
     from edgekit.bench.hostinfo import host_info

@@ -73,11 +73,12 @@ def _runs_line(perf: dict[str, Any]) -> str:
 
 
 def _fidelity_rows(fid: dict[str, Any]) -> list[str]:
-    rows = ["| metric | value | 95 % CI | n |", "|---|---|---|---|"]
+    rows = ["| metric | value | 95 % CI | n | windows |", "|---|---|---|---|---|"]
     for name in FIDELITY_ORDER:
         m = fid.get(name)
         if m:
-            rows.append(f"| {name} | {_num(m['value'])} | [{_num(m['ci95_low'])}, {_num(m['ci95_high'])}] | {m['n']} |")
+            rows.append(f"| {name} | {_num(m['value'])} | [{_num(m['ci95_low'])}, {_num(m['ci95_high'])}] | {m['n']} "
+                        f"| {m.get('n_windows', m['n'])} |")
     return rows
 
 
@@ -105,7 +106,7 @@ def to_markdown(report: dict[str, Any], *, png_name: str | None = None) -> str:
         lines += ["Device figures are roofline estimates scaled from this host's measurement (`estimated: true`).", ""]
     elif perf.get("on_device"):
         lines += ["Measured on the device itself (`--on-device`).", ""]
-    lines += ["## Fidelity vs source (same tokens; 95 % bootstrap CI over positions)", "", *_fidelity_rows(report["fidelity"]), ""]
+    lines += ["## Fidelity vs source (same tokens; 95 % bootstrap CI resampling whole windows)", "", *_fidelity_rows(report["fidelity"]), ""]
     if report.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
     if png_name:

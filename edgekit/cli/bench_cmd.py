@@ -16,8 +16,8 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
 @click.option("--profile", "-p", "profile_name", default="local", show_default=True, help="Profile name or YAML path.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out text (one item a line; 'label<TAB>text' for classification accuracy).")
-@click.option("--eval-tokens", type=click.IntRange(min=2), default=512, show_default=True,
-              help="Tokens of eval text for fidelity.")
+@click.option("--eval-tokens", type=click.IntRange(min=2), default=2048, show_default=True,
+              help="Tokens of eval text for fidelity (windows of <= 256 within documents).")
 @click.option("--max-time", "max_time", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Time limit (s) of each engine's repeated timing runs.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
@@ -63,5 +63,6 @@ def summary_table(report: dict[str, Any]) -> str:
         rows.append((f"{name} ({v['unit']})", v["value"], v.get("p95"), s.get("value"), perf["speedup"].get(name),
                      f"{d['value']:.4g} est." if d else None))
     text = table(rows, ["performance", "variant", "p95", "source", "speedup", "device"])
-    frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"]) for name, m in fid.items()]
-    return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n"])
+    frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
+             for name, m in fid.items()]
+    return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n", "windows"])

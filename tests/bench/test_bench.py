@@ -51,8 +51,11 @@ def test_generation_report_structure(llama_report: dict[str, Any], tiny_onnx) ->
     assert set(perf["speedup"]) == GEN_METRICS and all(x > 0 for x in perf["speedup"].values())
     assert set(r["fidelity"]) == CAUSAL_FIDELITY
     for m in r["fidelity"].values():
-        assert set(m) == {"value", "ci95_low", "ci95_high", "n"} and m["ci95_low"] <= m["value"] <= m["ci95_high"]
-    assert r["fidelity"]["top1_agreement"]["value"] == 1.0 and r["fidelity"]["top1_agreement"]["n"] == 63
+        assert set(m) == {"value", "ci95_low", "ci95_high", "n", "n_windows", "n_documents"}
+        assert m["ci95_low"] <= m["value"] <= m["ci95_high"]
+    # 64 tokens → 4 windows of 16 from 4 documents, 15 predictions each.
+    top1 = r["fidelity"]["top1_agreement"]
+    assert top1["value"] == 1.0 and top1["n"] == 60 and top1["n_windows"] == 4 and top1["n_documents"] == 4
     # The ONNX measurement process never loaded torch, so its RSS is the device's.
     assert not any("torch was loaded" in w for w in r["warnings"])
     json.dumps(r, allow_nan=False)
