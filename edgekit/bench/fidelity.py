@@ -52,9 +52,11 @@ class CausalStats:
     @classmethod
     def concat(cls, parts: list[CausalStats]) -> CausalStats:
         """Join per-window stats; each part becomes one resampling unit."""
-        fields = (np.concatenate([getattr(p, f) for p in parts]) for f in ("kld", "nll_source", "nll_variant", "top1"))
-        window = np.concatenate([np.full(len(p.kld), i) for i, p in enumerate(parts)]) if parts else np.zeros(0, int)
-        return cls(*fields, window=window)
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        window = np.concatenate([np.full(len(p.kld), i) for i, p in enumerate(parts)])
+        return cls(cat("kld"), cat("nll_source"), cat("nll_variant"), cat("top1"), window)
 
     def units(self) -> list[np.ndarray]:
         if self.window is None:
@@ -227,6 +229,8 @@ def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: di
     size = window_size(eval_tokens, max_pos)
     docs = tokenize_documents(tokenizer, eval_documents(eval_data), eval_tokens, size)
     wins = document_windows(docs, size, eval_tokens)
+    if not wins:
+        raise InputError("no tokens to evaluate fidelity on; give --eval-data with more text")
     decoder = Decoder(variant_session)
     parts = []
     with progress.stage("bench: fidelity", total=len(wins)) as st, torch.inference_mode():
