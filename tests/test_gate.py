@@ -104,6 +104,43 @@ def test_ci_straddling_threshold_is_flagged() -> None:
     assert top1.passed and top1.uncertain
 
 
+def test_estimate_range_straddling_threshold_is_uncertain_and_strict_fails_it() -> None:
+    # Pi 5: decode >= 8 tok/s. The point estimate passes, but the device-efficiency range reaches below 8.
+    straddling = {"value": 9.0, "estimated": True, "range": {"value": [6.5, 11.0]}}
+    r = report(device__decode_tokens_per_s=straddling)
+    profile = load_profile("raspberry-pi-5")
+    lenient = gate(r, profile)
+    decode = rule(lenient, "budgets.decode_tokens_per_s_min")
+    assert decode.band == (6.5, 11.0) and decode.uncertain and decode.passed and lenient.passed
+    assert lenient.to_dict()["uncertain"] == ["budgets.decode_tokens_per_s_min"]
+    strict = gate(r, profile, strict=True)
+    assert not strict.passed and [f.name for f in strict.failed] == ["budgets.decode_tokens_per_s_min"]
+    assert "straddles" in rule(strict, "budgets.decode_tokens_per_s_min").describe()
+    assert strict.to_dict()["strict"] is True
+    # A range clear of the threshold holds under --strict; the p95 rule reads the p95's own range.
+    clear = report(device__decode_tokens_per_s={"value": 12.0, "estimated": True, "range": {"value": [9.0, 15.0]}},
+                   device__ttft_ms={"value": 300.0, "p95": 320.0, "estimated": True,
+                                    "range": {"value": [200.0, 1600.0], "p95": [250.0, 1400.0]}})
+    result = gate(clear, profile, strict=True)
+    assert result.passed and rule(result, "budgets.ttft_ms_p95").band == (250.0, 1400.0)
+    # Fidelity intervals count the same way under --strict.
+    fid = report(fidelity__top1_agreement={"value": 0.91, "ci95_low": 0.88, "ci95_high": 0.93})
+    assert gate(fid, profile).passed and not gate(fid, profile, strict=True).passed
+    with pytest.raises(InputError, match="range"):
+        gate(report(device__decode_tokens_per_s={"value": 9.0, "range": {"value": "wide"}}), profile)
+
+
+def test_cli_gate_strict(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report(device__decode_tokens_per_s={"value": 9.0, "estimated": True,
+                                                                   "range": {"value": [6.5, 11.0]}})))
+    res = run_cli("gate", str(path), "--profile", "raspberry-pi-5")
+    assert res.returncode == 0, res.stderr
+    assert any(line.startswith("pass ?") and "decode_tokens_per_s_min" in line for line in res.stdout.splitlines())
+    res = run_cli("gate", str(path), "--profile", "raspberry-pi-5", "--strict")
+    assert res.returncode == 1 and "decode_tokens_per_s_min" in res.stderr and "straddles" in res.stderr
+
+
 def test_host_profile_uses_measured_values() -> None:
     r = report()
     r["performance"]["device"] = None

@@ -176,12 +176,12 @@ def _estimate(variant: OnnxArtifact, source: Any, profile: Any, host: dict[str, 
     from edgekit.bench import roofline
 
     with progress.stage("bench: device estimate"):
-        hw = roofline.host_roofline(str(host["cpu_model"]), threads)
+        hw = roofline.host_roofline(roofline.host_key(host), threads)
         weight_bytes = variant.size_mb * 1e6
         args = (source.task, variant.method, weight_bytes, params, source.config, profile)
         basis = roofline.basis(*args, hw, measured)
         if max(basis.get("host_decode_efficiency", 0), basis.get("host_batch_efficiency", 0)) > 1.0:
             # Faster than the cached host roofline: that figure was taken on a busier host. Measure again.
-            hw = roofline.host_roofline(str(host["cpu_model"]), threads, refresh=True)
+            hw = roofline.host_roofline(roofline.host_key(host), threads, refresh=True)
             basis = roofline.basis(*args, hw, measured)
         return roofline.estimate_device(measured, *args, hw), basis

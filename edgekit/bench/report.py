@@ -59,7 +59,9 @@ def _perf_rows(perf: dict[str, Any]) -> list[str]:
         v, s = var[name], src.get(name, {})
         d = dev.get(name)
         capped = ", at the device roofline" if d and d.get("capped_at_device_roofline") else ""
-        est = f"{_num(d['value'])} (estimated{capped})" if d else "–"
+        band = (d.get("range") or {}).get("value") if d else None
+        span = f" [{_num(band[0])}, {_num(band[1])}]" if band else ""
+        est = f"{_num(d['value'])}{span} (estimated{capped})" if d else "–"
         rows.append(f"| {name} ({v['unit']}) | {_num(v['value'])} | {_num(v.get('p95'))} | {_num(s.get('value'))} | "
                     f"{_num((perf.get('speedup') or {}).get(name))}× | {est} |")
     return rows
@@ -103,7 +105,8 @@ def to_markdown(report: dict[str, Any], *, png_name: str | None = None) -> str:
         "",
     ]
     if perf.get("device"):
-        lines += ["Device figures are roofline estimates scaled from this host's measurement (`estimated: true`).", ""]
+        lines += ["Device figures are roofline estimates scaled from this host's measurement (`estimated: true`); "
+                  "[low, high] is the range from the device's efficiency band in the profile.", ""]
     elif perf.get("on_device"):
         lines += ["Measured on the device itself (`--on-device`).", ""]
     lines += ["## Fidelity vs source (same tokens; 95 % bootstrap CI resampling whole windows)", "", *_fidelity_rows(report["fidelity"]), ""]

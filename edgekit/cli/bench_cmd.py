@@ -61,8 +61,15 @@ def summary_table(report: dict[str, Any]) -> str:
         s = perf["source"].get(name, {})
         d = device.get(name)
         rows.append((f"{name} ({v['unit']})", v["value"], v.get("p95"), s.get("value"), perf["speedup"].get(name),
-                     f"{d['value']:.4g} est." if d else None))
+                     _device_cell(d)))
     text = table(rows, ["performance", "variant", "p95", "source", "speedup", "device"])
     frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
              for name, m in fid.items()]
     return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n", "windows"])
+
+
+def _device_cell(entry: dict[str, Any] | None) -> str | None:
+    if not entry:
+        return None
+    band = (entry.get("range") or {}).get("value")
+    return f"{entry['value']:.4g} [{band[0]:.4g}, {band[1]:.4g}] est." if band else f"{entry['value']:.4g} est."
