@@ -30,7 +30,7 @@ BUDGET_RULES: dict[str, tuple[str, str, str, str, str]] = {
 # Which metrics each task produces (bench's report); a rule on any other metric is not applicable.
 TASK_METRICS: dict[str, frozenset[str]] = {
     "text-generation": frozenset({"model_size_mb", "peak_rss_mb", "decode_tokens_per_s", "ttft_ms", "top1_agreement",
-                                  "kld_mean", "ppl_ratio"}),
+                                  "kld_mean", "ppl_ratio", "decode_match_fraction", "decode_kld_mean"}),
     "feature-extraction": frozenset({"model_size_mb", "peak_rss_mb", "latency_ms", "cosine_mean"}),
     "text-classification": frozenset({"model_size_mb", "peak_rss_mb", "latency_ms", "accuracy_ratio"}),
 }
@@ -38,13 +38,19 @@ TASK_METRICS: dict[str, frozenset[str]] = {
 MISSING_HINTS = {
     "accuracy_ratio": "needs labelled --eval-data, one 'label<TAB>text' a line",
     "decode_tokens_per_s": "needs workload.new_tokens > 1",
+    "decode_match_fraction": "re-run `edgekit bench` (decode-path check, a variant with a KV cache)",
+    "decode_kld_mean": "re-run `edgekit bench` (decode-path check, a variant with a KV cache)",
 }
+# Decode-path rules read the report's `decode.metrics` block, not `fidelity`.
+DECODE_METRICS = {"decode_match_fraction": "match_fraction", "decode_kld_mean": "kld_mean"}
 FIDELITY_RULES: dict[str, tuple[str, str]] = {
     "top1_agreement_min": ("top1_agreement", "min"),
     "kld_mean_max": ("kld_mean", "max"),
     "ppl_ratio_max": ("ppl_ratio", "max"),
     "accuracy_ratio_min": ("accuracy_ratio", "min"),
     "cosine_min": ("cosine_mean", "min"),
+    "decode_match_fraction_min": ("decode_match_fraction", "min"),
+    "decode_kld_mean_max": ("decode_kld_mean", "max"),
 }
 
 
@@ -229,14 +235,19 @@ def _range(entry: dict[str, Any], key: str, where: str) -> tuple[float, float] |
 
 
 def _fidelity(report: dict[str, Any], metric: str) -> tuple[float | None, tuple[float, float] | None]:
-    entry = _section(report, "fidelity").get(metric)
+    if metric in DECODE_METRICS:
+        where = f"decode.metrics.{DECODE_METRICS[metric]}"
+        entry = _section(report, "decode", "metrics").get(DECODE_METRICS[metric])
+    else:
+        where = f"fidelity.{metric}"
+        entry = _section(report, "fidelity").get(metric)
     if entry is None:
         return None, None
     if not isinstance(entry, dict):
-        raise InputError(f"report is malformed: fidelity.{metric} is not an object")
-    value = _number(entry.get("value"), f"fidelity.{metric}.value")
-    lo = _number(entry.get("ci95_low"), f"fidelity.{metric}.ci95_low")
-    hi = _number(entry.get("ci95_high"), f"fidelity.{metric}.ci95_high")
+        raise InputError(f"report is malformed: {where} is not an object")
+    value = _number(entry.get("value"), f"{where}.value")
+    lo = _number(entry.get("ci95_low"), f"{where}.ci95_low")
+    hi = _number(entry.get("ci95_high"), f"{where}.ci95_high")
     return value, (lo, hi) if value is not None and lo is not None and hi is not None else None
 
 

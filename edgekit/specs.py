@@ -161,6 +161,10 @@ class FidelityFloors(Spec):
     ppl_ratio_max: Annotated[float, Field(ge=1)] | None = None
     accuracy_ratio_min: Fraction | None = None
     cosine_min: Fraction | None = None
+    # Decode path (greedy through the variant's KV cache): share of tokens matched before the first divergence,
+    # and the KLD on decode steps fed the source's continuation.
+    decode_match_fraction_min: Fraction | None = None
+    decode_kld_mean_max: PositiveFloat | None = None
 
 
 class RegressionTolerance(Spec):

@@ -27,6 +27,7 @@ def report(**over: Any) -> dict[str, Any]:
         "fidelity": {"top1_agreement": {"value": 0.98, "ci95_low": 0.97, "ci95_high": 0.99, "n": 500},
                      "kld_mean": {"value": 0.002, "ci95_low": 0.001, "ci95_high": 0.003, "n": 500},
                      "ppl_ratio": {"value": 1.01, "ci95_low": 1.0, "ci95_high": 1.02, "n": 500}},
+        "decode": {"metrics": {"kld_mean": {"value": 0.003, "ci95_low": 0.002, "ci95_high": 0.004, "n": 256}}},
     }
     for key, value in over.items():
         section, metric = key.split("__")
@@ -51,7 +52,7 @@ def test_passing_report_all_rules_with_margins() -> None:
     # An encoder metric on a causal report is not applicable, and not counted as passed.
     for name in ("budgets.latency_ms_p95", "fidelity.cosine_min", "fidelity.accuracy_ratio_min"):
         assert rule(result, name).status == "n/a" and rule(result, name).passed is None
-    assert len([r for r in result.rules if r.passed]) == 7  # every applicable rule, and only those
+    assert len([r for r in result.rules if r.passed]) == 8  # every applicable rule, and only those
     assert result.to_dict()["estimated"] == ["budgets.decode_tokens_per_s_min", "budgets.ttft_ms_p95"]
 
 
@@ -128,6 +129,26 @@ def test_estimate_range_straddling_threshold_is_uncertain_and_strict_fails_it() 
     assert gate(fid, profile).passed and not gate(fid, profile, strict=True).passed
     with pytest.raises(InputError, match="range"):
         gate(report(device__decode_tokens_per_s={"value": 9.0, "range": {"value": "wide"}}), profile)
+
+
+def test_decode_path_rules() -> None:
+    profile = load_profile("raspberry-pi-5")
+    r = report()
+    r["decode"]["metrics"]["kld_mean"] = {"value": 0.2, "ci95_low": 0.1, "ci95_high": 0.3, "n": 256}
+    result = gate(r, profile)
+    assert [f.name for f in result.failed] == ["fidelity.decode_kld_mean_max"]
+    del r["decode"]  # a report from before the decode-path check proves nothing about decode
+    assert rule(gate(r, profile), "fidelity.decode_kld_mean_max").status == "MISSING"
+    data = profile.model_dump(by_alias=True)
+    data["fidelity"]["decode_match_fraction_min"] = 0.5
+    strict_floor = type(profile).model_validate(data)
+    low = report()
+    low["decode"]["metrics"]["match_fraction"] = {"value": 0.4, "ci95_low": 0.3, "ci95_high": 0.5, "n": 8}
+    assert rule(gate(low, strict_floor), "fidelity.decode_match_fraction_min").status == "FAIL"
+    enc = report()
+    enc["variant"]["task"] = "feature-extraction"
+    del enc["decode"]
+    assert rule(gate(enc, profile), "fidelity.decode_kld_mean_max").status == "n/a"
 
 
 def test_cli_gate_strict(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ SCHEMA = "edgekit/report@1"
 DEFAULT_MAX_TIME_S = 30.0
 # 8 windows of 256 tokens from 8 documents: SmolLM2-135M pays ~4 s per window (PyTorch + ONNX, 1 thread).
 DEFAULT_EVAL_TOKENS = 2048
+DEFAULT_DECODE_PROMPTS = 8  # greedy continuations checked through the variant's KV cache
 # Latencies and sizes: smaller is better, so speedup = source / variant; rates: variant / source.
 SMALLER_IS_BETTER = ("ttft_ms", "per_token_ms", "latency_ms", "load_ms", "peak_rss_mb", "model_size_mb")
 
@@ -108,8 +109,10 @@ def _check_lineage(variant: OnnxArtifact, source: Any) -> None:
 
 
 def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path | None = None, on_device: bool = False,
-          eval_tokens: int = DEFAULT_EVAL_TOKENS, max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
+          eval_tokens: int = DEFAULT_EVAL_TOKENS, max_time_s: float = DEFAULT_MAX_TIME_S,
+          decode_prompts: int = DEFAULT_DECODE_PROMPTS) -> dict[str, Any]:
     """Measure `variant` (ONNX) against `source` (PyTorch fp32) for `profile`; return the report dict."""
+    from edgekit.bench.decode import measure_decode
     from edgekit.bench.fidelity import measure_fidelity
     from edgekit.bench.hostinfo import host_info
 
@@ -131,6 +134,7 @@ def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path |
     with progress.stage("bench: fidelity setup"):
         session = variant.session(threads=1, providers=providers)
     fidelity = measure_fidelity(session, source, eval_data, eval_tokens)
+    decode = measure_decode(session, source, eval_data, decode_prompts)
     del session
     spec = {"task": source.task, "threads": threads, "max_time_s": max_time_s,
             **_workload_spec(source, profile, eval_data, warnings)}
@@ -159,6 +163,7 @@ def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path |
                     "workload": profile.workload.model_dump()},
         "performance": performance,
         "fidelity": fidelity,
+        "decode": decode,
         "eval": {"tokens": eval_tokens, "data": str(eval_data) if eval_data else "builtin:eval"},
         "gate": None,
         "warnings": warnings,

@@ -14,6 +14,7 @@ PERF_ORDER = ("decode_tokens_per_s", "ttft_ms", "prefill_tokens_per_s", "per_tok
               "throughput_items_per_s", "peak_rss_mb", "model_size_mb", "load_ms")
 FIDELITY_ORDER = ("top1_agreement", "kld_mean", "kld_p99", "kld_max", "ppl_source", "ppl_variant", "ppl_ratio",
                   "agreement", "accuracy", "accuracy_source", "accuracy_ratio", "cosine_mean", "cosine_p5")
+DECODE_ORDER = ("match_fraction", "matched_tokens_mean", "full_match_rate", "kld_mean", "top1_agreement")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -74,9 +75,9 @@ def _runs_line(perf: dict[str, Any]) -> str:
     return f"Timing: {'; '.join(parts)}{'; ' + mode if mode else ''}; p50 is the value."
 
 
-def _fidelity_rows(fid: dict[str, Any]) -> list[str]:
+def _fidelity_rows(fid: dict[str, Any], order: tuple[str, ...] | None = None) -> list[str]:
     rows = ["| metric | value | 95 % CI | n | windows |", "|---|---|---|---|---|"]
-    for name in FIDELITY_ORDER:
+    for name in order or FIDELITY_ORDER:
         m = fid.get(name)
         if m:
             rows.append(f"| {name} | {_num(m['value'])} | [{_num(m['ci95_low'])}, {_num(m['ci95_high'])}] | {m['n']} "
@@ -110,6 +111,10 @@ def to_markdown(report: dict[str, Any], *, png_name: str | None = None) -> str:
     elif perf.get("on_device"):
         lines += ["Measured on the device itself (`--on-device`).", ""]
     lines += ["## Fidelity vs source (same tokens; 95 % bootstrap CI resampling whole windows)", "", *_fidelity_rows(report["fidelity"]), ""]
+    decode = report.get("decode")
+    if decode:
+        lines += [f"## Decode path ({decode['prompts']} prompts × {decode['new_tokens']} greedy tokens, {decode['path']}; "
+                  "95 % CI resampling whole prompts)", "", *_fidelity_rows(decode["metrics"], DECODE_ORDER), ""]
     if report.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
     if png_name:

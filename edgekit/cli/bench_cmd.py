@@ -22,11 +22,13 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
               help="Time limit (s) of each engine's repeated timing runs.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="report.json path; report.md and report.png are written beside it.")
+@click.option("--decode-prompts", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Greedy continuations checked through the variant's KV cache (0: skip the decode-path check).")
 @click.option("--on-device", is_flag=True, help="This run is on the profile's device: no estimates.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the source to run.")
 @common_options
 def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | None, eval_tokens: int, max_time: float,
-          out: Path | None, on_device: bool, trust_remote_code: bool, as_json: bool) -> None:
+          out: Path | None, decode_prompts: int, on_device: bool, trust_remote_code: bool, as_json: bool) -> None:
     """Measure MODEL (an edgekit export/compress folder) against SOURCE: speed, memory, fidelity with CIs."""
     from edgekit.artifact import OnnxArtifact
     from edgekit.bench import bench as run_bench
@@ -38,7 +40,7 @@ def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | No
     variant = OnnxArtifact.load(model)
     source = load_source(source_spec, task=variant.task, trust_remote_code=trust_remote_code)
     report = run_bench(variant, source, profile, eval_data=eval_data, on_device=on_device, eval_tokens=eval_tokens,
-                       max_time_s=max_time)
+                       max_time_s=max_time, decode_prompts=decode_prompts)
     written = None
     if out is not None:
         folder, stem = (out.parent, out.stem) if out.suffix == ".json" else (out, "report")
@@ -65,6 +67,9 @@ def summary_table(report: dict[str, Any]) -> str:
     text = table(rows, ["performance", "variant", "p95", "source", "speedup", "device"])
     frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
              for name, m in fid.items()]
+    dec = report.get("decode") or {}
+    frows += [(f"decode.{name}", m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
+              for name, m in (dec.get("metrics") or {}).items()]
     return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n", "windows"])
 
 
