@@ -208,14 +208,17 @@ def document_windows(docs: list[list[int]], size: int, eval_tokens: int) -> list
 
 
 def tokenize_documents(tokenizer: Any, documents: list[str], eval_tokens: int, size: int) -> list[list[int]]:
-    """Token ids per document; stops once round-robin windows could not reach past the ones tokenized."""
+    """Token ids per document; stops once the first windows alone cover `eval_tokens` (round-robin never
+    reaches a later document then)."""
     out: list[list[int]] = []
+    first_windows = 0
     for doc in documents:
         ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
         if len(ids) >= 2:
             out.append(ids)
-        if len(out) * size >= eval_tokens and len(out) >= MIN_WINDOWS:
-            break  # enough documents for one window each: later ones would never be reached first
+            first_windows += min(len(ids), size)
+        if first_windows >= eval_tokens:
+            break
     return out
 
 

@@ -162,3 +162,16 @@ def test_windows_never_cross_documents_and_spread_round_robin() -> None:
     budgeted = document_windows(docs, 256, 300)
     assert sum(len(w) for _, w in budgeted) == 300 and [(d, len(w)) for d, w in budgeted] == [(0, 256), (1, 40), (2, 4)]
     assert window_size(2048, 8192) == 256 and window_size(96, 8192) == 16 and window_size(2048, 100) == 100
+
+
+def test_short_documents_still_fill_the_token_budget() -> None:
+    from edgekit.bench.fidelity import tokenize_documents
+
+    class Words:  # one token per word: enough to count
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    docs = ["w " * 100] * 30 + ["w " * 1000] * 5  # 30 short documents, then long ones
+    ids = tokenize_documents(Words(), docs, 2048, 256)
+    wins = document_windows(ids, 256, 2048)
+    assert sum(len(w) for _, w in wins) == 2048 and len({d for d, _ in wins}) >= 8
