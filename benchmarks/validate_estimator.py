@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def main() -> None:
     base = {"engine": "onnx", "task": "text-generation", "model_file": str(variant.model_file),
             "providers": ["CPUExecutionProvider"], "prompt": prompt, "new_tokens": args.new_tokens,
             "max_time_s": args.max_time}
+    load_before = os.getloadavg()[0]
     raw = measure_pair({f"{t}t": {**base, "threads": t} for t in (1, 2)}, lambda r: r[0] + sum(r[1]),
                        max_time_s=args.max_time)
     measured = {t: generation_metrics(len(prompt), [s[0] for s in raw[f"{t}t"]["samples"]],
@@ -68,7 +70,9 @@ def main() -> None:
             rows.append({"from_threads": src_t, "to_threads": dst_t, "metric": f"{metric} {stat}",
                          "estimated": round(predicted, 2), "measured": round(truth, 2),
                          "error_pct": round(100 * (predicted - truth) / truth, 1)})
-    out = {"host": host, "rooflines": roofs, "variant": str(args.variant), "method": variant.method,
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(f"load average before/after: {load} on {os.cpu_count()} CPUs; runs {[v['runs'] for v in raw.values()]}")
+    out = {"host": host, "load_average": load, "rooflines": roofs, "variant": str(args.variant), "method": variant.method,
            "runs": {k: v["runs"] for k, v in raw.items()}, "rows": rows}
     print("| from → to | metric | estimated | measured | error |\n|---|---|---|---|---|")
     for r in rows:
