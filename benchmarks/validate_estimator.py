@@ -30,12 +30,22 @@ METRICS = (("decode_tokens_per_s", "value"), ("ttft_ms", "value"), ("ttft_ms", "
 
 def as_device(figures: dict[str, Any], threads: int, prompt: int, new: int) -> Profile:
     exact = {"value": 1.0, "low": 1.0, "high": 1.0}
-    return Profile.model_validate({
-        "schema": "edgekit/profile@1", "name": f"host-{threads}t", "target": "x86-avx2",
-        "device": {"cores": threads, "memory_mb": 1024, "memory_bandwidth_gbps": figures["memory_bandwidth_gbps"],
-                   "peak_gflops_fp32": figures["peak_gflops_fp32"], "bandwidth_efficiency": exact,
-                   "compute_efficiency": exact},
-        "workload": {"prompt_tokens": prompt, "new_tokens": new, "threads": threads}})
+    return Profile.model_validate(
+        {
+            "schema": "edgekit/profile@1",
+            "name": f"host-{threads}t",
+            "target": "x86-avx2",
+            "device": {
+                "cores": threads,
+                "memory_mb": 1024,
+                "memory_bandwidth_gbps": figures["memory_bandwidth_gbps"],
+                "peak_gflops_fp32": figures["peak_gflops_fp32"],
+                "bandwidth_efficiency": exact,
+                "compute_efficiency": exact,
+            },
+            "workload": {"prompt_tokens": prompt, "new_tokens": new, "threads": threads},
+        }
+    )
 
 
 def main() -> None:
@@ -49,35 +59,74 @@ def main() -> None:
     args = ap.parse_args()
     variant, source = OnnxArtifact.load(args.variant), load_source(args.source)
     prompt = eval_token_ids(source.load_tokenizer(), None, args.prompt_tokens)
-    base = {"engine": "onnx", "task": "text-generation", "model_file": str(variant.model_file),
-            "providers": ["CPUExecutionProvider"], "prompt": prompt, "new_tokens": args.new_tokens,
-            "max_time_s": args.max_time}
+    base = {
+        "engine": "onnx",
+        "task": "text-generation",
+        "model_file": str(variant.model_file),
+        "providers": ["CPUExecutionProvider"],
+        "prompt": prompt,
+        "new_tokens": args.new_tokens,
+        "max_time_s": args.max_time,
+    }
     load_before = os.getloadavg()[0]
-    raw = measure_pair({f"{t}t": {**base, "threads": t} for t in (1, 2)}, lambda r: r[0] + sum(r[1]),
-                       max_time_s=args.max_time)
-    measured = {t: generation_metrics(len(prompt), [s[0] for s in raw[f"{t}t"]["samples"]],
-                                      [s[1] for s in raw[f"{t}t"]["samples"]]) for t in (1, 2)}
+    raw = measure_pair(
+        {f"{t}t": {**base, "threads": t} for t in (1, 2)},
+        lambda r: r[0] + sum(r[1]),
+        max_time_s=args.max_time,
+    )
+    measured = {
+        t: generation_metrics(
+            len(prompt), [s[0] for s in raw[f"{t}t"]["samples"]], [s[1] for s in raw[f"{t}t"]["samples"]]
+        )
+        for t in (1, 2)
+    }
     host = host_info()
     roofs = {t: host_roofline(host_key(host), t) for t in (1, 2)}
     params = float(source.fingerprint.get("parameters") or 0)
     rows = []
     for src_t, dst_t in ((2, 1), (1, 2)):
         device = as_device(roofs[dst_t], dst_t, args.prompt_tokens, args.new_tokens)
-        est = estimate_device(measured[src_t], "text-generation", variant.method, variant.size_mb * 1e6, params,
-                              source.config, device, roofs[src_t])
+        est = estimate_device(
+            measured[src_t],
+            "text-generation",
+            variant.method,
+            variant.size_mb * 1e6,
+            params,
+            source.config,
+            device,
+            roofs[src_t],
+        )
         for metric, stat in METRICS:
             predicted, truth = est[metric][stat], measured[dst_t][metric][stat]
-            rows.append({"from_threads": src_t, "to_threads": dst_t, "metric": f"{metric} {stat}",
-                         "estimated": round(predicted, 2), "measured": round(truth, 2),
-                         "error_pct": round(100 * (predicted - truth) / truth, 1)})
+            rows.append(
+                {
+                    "from_threads": src_t,
+                    "to_threads": dst_t,
+                    "metric": f"{metric} {stat}",
+                    "estimated": round(predicted, 2),
+                    "measured": round(truth, 2),
+                    "error_pct": round(100 * (predicted - truth) / truth, 1),
+                }
+            )
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    print(f"load average before/after: {load} on {os.cpu_count()} CPUs; runs {[v['runs'] for v in raw.values()]}")
-    out = {"host": host, "load_average": load, "rooflines": roofs, "variant": str(args.variant), "method": variant.method,
-           "runs": {k: v["runs"] for k, v in raw.items()}, "rows": rows}
+    print(
+        f"load average before/after: {load} on {os.cpu_count()} CPUs; runs {[v['runs'] for v in raw.values()]}"
+    )
+    out = {
+        "host": host,
+        "load_average": load,
+        "rooflines": roofs,
+        "variant": str(args.variant),
+        "method": variant.method,
+        "runs": {k: v["runs"] for k, v in raw.items()},
+        "rows": rows,
+    }
     print("| from → to | metric | estimated | measured | error |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['from_threads']} → {r['to_threads']} threads | {r['metric']} | {r['estimated']} | "
-              f"{r['measured']} | {r['error_pct']:+.1f} % |")
+        print(
+            f"| {r['from_threads']} → {r['to_threads']} threads | {r['metric']} | {r['estimated']} | "
+            f"{r['measured']} | {r['error_pct']:+.1f} % |"
+        )
     if args.output:
         args.output.write_text(json.dumps(out, indent=2) + "\n")
 

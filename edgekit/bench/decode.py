@@ -50,7 +50,11 @@ def source_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[
             logits = out.logits[0, -1].float().numpy()
             rows.append(logits)
             tokens.append(int(logits.argmax()))
-            out = model(torch.tensor([[tokens[-1]]], dtype=torch.long), past_key_values=out.past_key_values, use_cache=True)
+            out = model(
+                torch.tensor([[tokens[-1]]], dtype=torch.long),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
     return tokens, np.stack(rows)
 
 
@@ -91,8 +95,16 @@ def summarize_decode(matched: list[int], new_tokens: int, steps: list[CausalStat
     }
 
 
-def decode_check(variant_session: Any, model: Any, tokenizer: Any, eval_data: Any, *, prompts: int = DEFAULT_PROMPTS,
-                 prompt_tokens: int = DEFAULT_PROMPT_TOKENS, new_tokens: int = DEFAULT_NEW_TOKENS) -> dict[str, Any] | None:
+def decode_check(
+    variant_session: Any,
+    model: Any,
+    tokenizer: Any,
+    eval_data: Any,
+    *,
+    prompts: int = DEFAULT_PROMPTS,
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+) -> dict[str, Any] | None:
     """The `decode` block of the report; None when there is nothing to check (no prompts, no KV cache)."""
     from edgekit.runtime import Decoder
 
@@ -103,7 +115,9 @@ def decode_check(variant_session: Any, model: Any, tokenizer: Any, eval_data: An
         return None
     chosen = decode_prompts(tokenizer, eval_data, prompts, prompt_tokens)
     if not chosen:
-        log.warning("no eval document has %d tokens for a decode prompt: decode-path check skipped", prompt_tokens)
+        log.warning(
+            "no eval document has %d tokens for a decode prompt: decode-path check skipped", prompt_tokens
+        )
         return None
     matched, steps = [], []
     with progress.stage("bench: decode path", total=len(chosen)) as stage:
@@ -117,12 +131,24 @@ def decode_check(variant_session: Any, model: Any, tokenizer: Any, eval_data: An
             stage.advance()
     block = summarize_decode(matched, new_tokens, steps)
     path = "kv-cache, shared buffer" if decoder.shared_kv else "kv-cache, numpy feeds"
-    return {"prompts": len(chosen), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "greedy": True,
-            "path": path, "matched_tokens": matched, "metrics": block}
+    return {
+        "prompts": len(chosen),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "greedy": True,
+        "path": path,
+        "matched_tokens": matched,
+        "metrics": block,
+    }
 
 
-def measure_decode(variant_session: Any, source: Any, eval_data: Any, prompts: int = DEFAULT_PROMPTS,
-                   new_tokens: int = DEFAULT_NEW_TOKENS) -> dict[str, Any] | None:
+def measure_decode(
+    variant_session: Any,
+    source: Any,
+    eval_data: Any,
+    prompts: int = DEFAULT_PROMPTS,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+) -> dict[str, Any] | None:
     """`decode_check` on a source (PyTorch fp32, 1 thread: deterministic, and fastest on small hosts)."""
     import torch
 
@@ -131,9 +157,18 @@ def measure_decode(variant_session: Any, source: Any, eval_data: Any, prompts: i
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        max_pos = int(source.config.get("max_position_embeddings") or source.config.get("n_positions") or 1 << 20)
+        max_pos = int(
+            source.config.get("max_position_embeddings") or source.config.get("n_positions") or 1 << 20
+        )
         prompt_tokens = max(1, min(DEFAULT_PROMPT_TOKENS, max_pos - new_tokens))
-        return decode_check(variant_session, source.load_model(), source.load_tokenizer(), eval_data, prompts=prompts,
-                            prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+        return decode_check(
+            variant_session,
+            source.load_model(),
+            source.load_tokenizer(),
+            eval_data,
+            prompts=prompts,
+            prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens,
+        )
     finally:
         torch.set_num_threads(threads)
