@@ -78,8 +78,11 @@ def candidate_space(target: Target, methods: list[str] | None = None) -> list[Ca
 
 
 def parameter_split(source: SourceModel) -> tuple[int, int]:
-    """(embedding + lm_head parameters, the rest), read from safetensors headers without loading weights."""
+    """(embedding + lm_head parameters as the ONNX graph stores them, the rest), read from safetensors headers
+    without loading weights. A tied embedding is one tensor in the checkpoint but two in a decoder graph (the
+    token Gather and the lm_head MatMul, each quantized its own way), so it counts twice there."""
     embed = other = 0
+    has_head = False
     for path in source.weight_files:
         if path.suffix != ".safetensors":
             continue
@@ -91,26 +94,52 @@ def parameter_split(source: SourceModel) -> tuple[int, int]:
                 n *= d
             if any(k in name for k in EMBED_NAMES):
                 embed += n
+                has_head = has_head or "lm_head" in name
             else:
                 other += n
+    if source.task == "text-generation" and not has_head and source.config.get("tie_word_embeddings", True):
+        embed *= 2
     return embed, other
 
 
-def estimate(c: Candidate, embed: int, other: int, profile: Profile) -> dict[str, float | None]:
-    """Model size from bits per weight; device decode speed from bandwidth / bytes read per token."""
+def bits_per_weight(c: Candidate) -> tuple[float, float]:
+    """(body, embeddings) bits per weight as written, block scales and zero points included."""
+    block = float(dict(c.options).get("block_size", 32))
     if c.method.startswith("int4"):
-        block = dict(c.options).get("block_size", 32)
-        body_bits = 4 + 36 / block  # 4-bit codes + an fp32 scale and a 4-bit zero point per block
-        embed_bits = 8.0  # embeddings / lm_head stay 8-bit under int4 methods
-    else:
-        body_bits = BITS.get(c.method, 32.0)
-        embed_bits = 8.0 if c.method == "int8-weight" else (16.0 if c.method == "fp16" else 32.0)
-    size_mb = (other * body_bits + embed * embed_bits) / 8 / 1e6
+        # 4-bit codes + an fp32 scale per block + a zero point (4-bit for RTN/GPTQ; float for HQQ);
+        # embedding and lm_head stay 8-bit block-wise (8-bit codes + fp32 scale per 32, + a 4-bit zero point).
+        zero_bits = 32.0 if c.method == "int4-hqq" else 4.0
+        return 4 + (32 + zero_bits) / block, 8 + 36 / 32
+    if c.method == "int8-weight":
+        return 8 + 32 / 32, 8 + 32 / 32  # MatMulNBits 8-bit, block 32, fp32 scales: everything, embeddings too
+    body = BITS.get(c.method, 32.0)
+    return body, 16.0 if c.method == "fp16" else 32.0
+
+
+def offset_indicator_bytes(c: Candidate, config: dict[str, Any] | None) -> float:
+    """int4-hqq's float zero points become a MatMul of block sums against a 0/1 indicator [K, K/block] (fp32) per
+    distinct input of each layer (compress/offsets.py): the MLP down input (intermediate size) and ~3 of hidden size."""
+    if c.method != "int4-hqq" or not config:
+        return 0.0
+    layers = int(config.get("num_hidden_layers") or 0)
+    hidden, inter = int(config.get("hidden_size") or 0), int(config.get("intermediate_size") or 0)
+    block = float(dict(c.options).get("block_size", 32))
+    return layers * (inter**2 + 3 * hidden**2) * 4 / block
+
+
+def estimate(c: Candidate, embed: int, other: int, profile: Profile,
+             config: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """Model size as written (bits per weight with scales and zero points, a tied embedding twice, HQQ's offset
+    indicators); device decode speed from the device's effective bandwidth (datasheet × its efficiency, as the
+    bench's estimates use) / bytes read per token."""
+    from edgekit.bench.roofline import device_roofs
+
+    body_bits, embed_bits = bits_per_weight(c)
+    size_mb = ((other * body_bits + embed * embed_bits) / 8 + offset_indicator_bytes(c, config)) / 1e6
     dev = profile.device
     decode = None
     if not dev.host and dev.memory_bandwidth_gbps:
-        # Half of peak bandwidth is what llama.cpp-class decoders sustain on such devices.
-        decode = dev.memory_bandwidth_gbps * 1e9 * 0.5 / (size_mb * 1e6)
+        decode = device_roofs(dev)["value"][0] * 1e9 / (size_mb * 1e6)
     return {"size_mb": round(size_mb, 3), "decode_tokens_per_s": None if decode is None else round(decode, 1)}
 
 
@@ -330,7 +359,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
     source, sanity = checked_source(source_spec, BuildOptions(eval_data=eval_data,
                                                               allow_implausible_source=allow_implausible_source))
     embed, other = parameter_split(source)
-    outcomes = [Outcome(c, estimate(c, embed, other, profile)) for c in candidate_space(target, methods)]
+    outcomes = [Outcome(c, estimate(c, embed, other, profile, source.config)) for c in candidate_space(target, methods)]
     for o in outcomes:
         prune(o, profile, source.task)
     with exclusive(out):

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 MS = "com.microsoft"
+# Graph input ([1] int64, 0 = every position): how many last positions get logits; see _keep_last_positions.
+LOGITS_TO_KEEP = "num_logits_to_keep"  # = edgekit.runtime.LOGITS_TO_KEEP
 # Rotary tables cover this many positions at most; longer contexts are refused by GroupQueryAttention.
 MAX_ROTARY_POSITIONS = 32768
 
@@ -75,6 +77,7 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     for i, layer in enumerate(model.model.layers):
         residual, pending = _write_layer(w, layer, i, shape, residual, pending)
     normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
+    normed = _keep_last_positions(w, normed)
     lm_head = _np(model.lm_head.weight).T
     w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
     graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs, w.inits)
@@ -128,7 +131,7 @@ def _write_inputs(w: _Writer, s: Shape) -> None:
     for i in range(s.layers):
         for kind in ("key", "value"):
             w.inputs.append(vi(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv))
-    w.outputs.append(vi("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", s.vocab]))
+    w.outputs.append(vi("logits", TensorProto.FLOAT, ["batch_size", "logits_length", s.vocab]))
     for i in range(s.layers):
         for kind in ("key", "value"):
             w.outputs.append(vi(f"present.{i}.{kind}", TensorProto.FLOAT, present))
@@ -139,6 +142,22 @@ def _write_inputs(w: _Writer, s: Shape) -> None:
     length = w.node("Gather", [w.node("Shape", ["attention_mask"], "/mask/Shape"), w.const("idx1", np.asarray(1, dtype=np.int64))],
                     "/mask/Gather", axis=0)
     w.node("Cast", [length], "/mask/total_len", out="total_sequence_length", to=TensorProto.INT32)
+
+
+def _keep_last_positions(w: _Writer, hidden: str) -> str:
+    """Slice the positions the lm_head sees to the last `num_logits_to_keep` ([1] int64; 0 = all positions).
+
+    Generation needs the next-token logits of the last position only, and the lm_head (hidden × vocab, the
+    largest MatMul) over every prompt position was ~a fifth of SmolLM2's prefill FLOPs; fidelity, parity and
+    calibration feed 0 and get every position. A required input, not one with a default: onnxruntime cannot
+    IO-bind an overridable initializer (the shared-KV generation loop binds everything) and warns on every load."""
+    from onnx import TensorProto
+    from onnx.helper import make_tensor_value_info as vi
+
+    w.inputs.append(vi(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
+    starts = w.node("Neg", [LOGITS_TO_KEEP], "/logits_to_keep/Neg")
+    ends = w.const("i64_max", np.asarray([np.iinfo(np.int64).max], dtype=np.int64))
+    return w.node("Slice", [hidden, starts, ends, w.const("axis1", np.asarray([1], dtype=np.int64))], "/logits_to_keep/Slice")
 
 
 def _write_layer(w: _Writer, layer: Any, i: int, s: Shape, residual: str, pending: str | None) -> tuple[str, str]:

@@ -19,6 +19,8 @@ import numpy as np
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 KV_CACHE_KEY = "edgekit.kv_cache"  # model metadata: "shared-buffer" where the graph supports it
+# Fused graphs compute the lm_head for the last N positions fed here (0: all); generation feeds 1.
+LOGITS_TO_KEEP = "num_logits_to_keep"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
@@ -76,6 +78,7 @@ class Decoder:
         meta = session.get_modelmeta().custom_metadata_map or {}
         # GroupQueryAttention graphs (edgekit.fused) can update one cache buffer in place: no copy per step.
         self.shared_kv = meta.get(KV_CACHE_KEY) == "shared-buffer" and bool(self.past) and bool(self.present)
+        self.keeps_last = LOGITS_TO_KEEP in self.input_names
 
     @property
     def with_past(self) -> bool:
@@ -88,10 +91,14 @@ class Decoder:
             feeds[name] = np.zeros(dims, dtype=dtype)
         return feeds
 
-    def forward(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits [batch, seq, vocab] for `ids` after `past_len` cached tokens, and the new cache."""
+    def forward(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int, *,
+                last_only: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [batch, seq, vocab] for `ids` after `past_len` cached tokens ([batch, 1, vocab] with `last_only`
+        where the graph can), and the new cache."""
         batch, seq = ids.shape
         feeds: dict[str, np.ndarray] = {"input_ids": ids.astype(np.int64)}
+        if self.keeps_last:
+            feeds[LOGITS_TO_KEEP] = np.asarray([1 if last_only else 0], dtype=np.int64)
         if "attention_mask" in self.input_names:
             feeds["attention_mask"] = np.ones((batch, past_len + seq), dtype=np.int64)
         if "position_ids" in self.input_names:
@@ -152,9 +159,10 @@ class _NumpyCache:
 
     def __call__(self, ids: list[int]) -> np.ndarray:
         if self.decoder.with_past:
-            logits, self.cache = self.decoder.forward(np.asarray([ids], dtype=np.int64), self.cache, len(self.seen))
+            logits, self.cache = self.decoder.forward(np.asarray([ids], dtype=np.int64), self.cache, len(self.seen),
+                                                      last_only=True)
         else:
-            logits, _ = self.decoder.forward(np.asarray([self.seen + ids], dtype=np.int64), None, 0)
+            logits, _ = self.decoder.forward(np.asarray([self.seen + ids], dtype=np.int64), None, 0, last_only=True)
         self.seen += ids
         return logits
 
@@ -178,6 +186,8 @@ class _SharedCache:
         self.step_logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, int(vocab)), dtype=np.float32))
         self.mask = np.ones((1, max_len), dtype=np.int64)
         self.length = 0
+        if decoder.keeps_last:  # bound once: every run of this binding wants the last position's logits only
+            self.io.bind_cpu_input(LOGITS_TO_KEEP, np.ones(1, dtype=np.int64))
 
     def __call__(self, ids: list[int]) -> np.ndarray:
         self.length += len(ids)

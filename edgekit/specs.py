@@ -98,6 +98,25 @@ class Target(Spec):
 # ---------------------------------------------------------------- profiles: what must hold on a device
 
 
+class Efficiency(Spec):
+    """The fraction of a datasheet peak that software reaches on the device in practice, with the spread of the
+    sources behind it: the estimate's interval comes from [low, high]."""
+
+    value: Fraction
+    low: Fraction
+    high: Fraction
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Efficiency:
+        if not self.low <= self.value <= self.high:
+            raise ValueError(f"need low <= value <= high, got {self.low}, {self.value}, {self.high}")
+        return self
+
+
+# A device without a cited efficiency: a deliberately wide band, so its budget rules turn "?" near the threshold.
+UNCITED_EFFICIENCY = Efficiency(value=0.5, low=0.25, high=0.85)
+
+
 class DeviceSpec(Spec):
     # `host: true` means "this machine": figures are measured, never estimated.
     host: bool = False
@@ -105,7 +124,11 @@ class DeviceSpec(Spec):
     memory_mb: PositiveFloat | None = None
     memory_bandwidth_gbps: PositiveFloat | None = None
     peak_gflops_fp32: PositiveFloat | None = None
+    # Informational: estimates compare fp32 peaks on both sides (the host's measured run already holds its int8 gain).
     peak_gops_int8: PositiveFloat | None = None
+    # Measured fraction of the datasheet bandwidth (STREAM-class) and fp32 peak (sgemm) reached on the device.
+    bandwidth_efficiency: Efficiency | None = None
+    compute_efficiency: Efficiency | None = None
 
     @model_validator(mode="after")
     def _figures_for_estimates(self) -> DeviceSpec:
@@ -138,6 +161,10 @@ class FidelityFloors(Spec):
     ppl_ratio_max: Annotated[float, Field(ge=1)] | None = None
     accuracy_ratio_min: Fraction | None = None
     cosine_min: Fraction | None = None
+    # Decode path (greedy through the variant's KV cache): share of tokens matched before the first divergence,
+    # and the KLD on decode steps fed the source's continuation.
+    decode_match_fraction_min: Fraction | None = None
+    decode_kld_mean_max: PositiveFloat | None = None
 
 
 class RegressionTolerance(Spec):

@@ -96,3 +96,35 @@ def test_generation_updates_the_cache_in_place(tiny_model: Any, tmp_path: Path) 
         shared = dec.generate(list(range(5, 25)), 24).tokens
         dec.shared_kv = False
         assert dec.generate(list(range(5, 25)), 24).tokens == shared
+
+
+def test_lm_head_only_for_the_last_position_when_generating(tiny_model: Any, tmp_path: Path) -> None:
+    """Generation feeds num_logits_to_keep=1 (prefill computes one lm_head row, not one per prompt position);
+    fidelity and parity feed nothing and get every position. Quantized graphs keep the input."""
+    from edgekit.compress import compress
+
+    src = load_source(str(tiny_model("llama")))
+    fp32 = export(src, AVX2, tmp_path / "fused", parity=False)
+    int8 = compress(fp32, "int8-weight", AVX2, tmp_path / "int8", calibration_samples=2)
+    prompt = list(range(5, 25))
+    for folder in (fp32.path, int8.path):
+        dec = Decoder(make_session(folder / "model.onnx"))
+        assert dec.keeps_last
+        full = dec.logits(prompt)
+        assert full.shape[0] == len(prompt)
+        last, _ = dec.forward(np.asarray([prompt], dtype=np.int64), None, 0, last_only=True)
+        assert last.shape[:2] == (1, 1)
+        np.testing.assert_allclose(last[0, 0], full[-1], rtol=1e-4, atol=1e-4)
+        # Both generation cache strategies get one row of logits from the prefill.
+        from edgekit.runtime import _NumpyCache, _SharedCache
+
+        assert _SharedCache(dec, 64)(prompt).shape[:2] == (1, 1) and _NumpyCache(dec)(prompt).shape[:2] == (1, 1)
+        tokens = dec.generate(prompt, 16).tokens
+        # The old way, every position's logits through a numpy cache, picks the same tokens.
+        logits, cache = dec.forward(np.asarray([prompt], dtype=np.int64), None, 0)
+        assert logits.shape[1] == len(prompt)
+        old: list[int] = []
+        while len(old) < 16:
+            old.append(int(logits[0, -1].argmax()))
+            logits, cache = dec.forward(np.asarray([old[-1:]], dtype=np.int64), cache, len(prompt) + len(old) - 1)
+        assert old == tokens

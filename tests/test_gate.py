@@ -27,6 +27,7 @@ def report(**over: Any) -> dict[str, Any]:
         "fidelity": {"top1_agreement": {"value": 0.98, "ci95_low": 0.97, "ci95_high": 0.99, "n": 500},
                      "kld_mean": {"value": 0.002, "ci95_low": 0.001, "ci95_high": 0.003, "n": 500},
                      "ppl_ratio": {"value": 1.01, "ci95_low": 1.0, "ci95_high": 1.02, "n": 500}},
+        "decode": {"metrics": {"kld_mean": {"value": 0.003, "ci95_low": 0.002, "ci95_high": 0.004, "n": 256}}},
     }
     for key, value in over.items():
         section, metric = key.split("__")
@@ -51,7 +52,7 @@ def test_passing_report_all_rules_with_margins() -> None:
     # An encoder metric on a causal report is not applicable, and not counted as passed.
     for name in ("budgets.latency_ms_p95", "fidelity.cosine_min", "fidelity.accuracy_ratio_min"):
         assert rule(result, name).status == "n/a" and rule(result, name).passed is None
-    assert len([r for r in result.rules if r.passed]) == 7  # every applicable rule, and only those
+    assert len([r for r in result.rules if r.passed]) == 8  # every applicable rule, and only those
     assert result.to_dict()["estimated"] == ["budgets.decode_tokens_per_s_min", "budgets.ttft_ms_p95"]
 
 
@@ -102,6 +103,63 @@ def test_ci_straddling_threshold_is_flagged() -> None:
     r = report(fidelity__top1_agreement={"value": 0.91, "ci95_low": 0.88, "ci95_high": 0.93})
     top1 = rule(gate(r, load_profile("raspberry-pi-5")), "fidelity.top1_agreement_min")
     assert top1.passed and top1.uncertain
+
+
+def test_estimate_range_straddling_threshold_is_uncertain_and_strict_fails_it() -> None:
+    # Pi 5: decode >= 8 tok/s. The point estimate passes, but the device-efficiency range reaches below 8.
+    straddling = {"value": 9.0, "estimated": True, "range": {"value": [6.5, 11.0]}}
+    r = report(device__decode_tokens_per_s=straddling)
+    profile = load_profile("raspberry-pi-5")
+    lenient = gate(r, profile)
+    decode = rule(lenient, "budgets.decode_tokens_per_s_min")
+    assert decode.band == (6.5, 11.0) and decode.uncertain and decode.passed and lenient.passed
+    assert lenient.to_dict()["uncertain"] == ["budgets.decode_tokens_per_s_min"]
+    strict = gate(r, profile, strict=True)
+    assert not strict.passed and [f.name for f in strict.failed] == ["budgets.decode_tokens_per_s_min"]
+    assert "straddles" in rule(strict, "budgets.decode_tokens_per_s_min").describe()
+    assert strict.to_dict()["strict"] is True
+    # A range clear of the threshold holds under --strict; the p95 rule reads the p95's own range.
+    clear = report(device__decode_tokens_per_s={"value": 12.0, "estimated": True, "range": {"value": [9.0, 15.0]}},
+                   device__ttft_ms={"value": 300.0, "p95": 320.0, "estimated": True,
+                                    "range": {"value": [200.0, 1600.0], "p95": [250.0, 1400.0]}})
+    result = gate(clear, profile, strict=True)
+    assert result.passed and rule(result, "budgets.ttft_ms_p95").band == (250.0, 1400.0)
+    # Fidelity intervals count the same way under --strict.
+    fid = report(fidelity__top1_agreement={"value": 0.91, "ci95_low": 0.88, "ci95_high": 0.93})
+    assert gate(fid, profile).passed and not gate(fid, profile, strict=True).passed
+    with pytest.raises(InputError, match="range"):
+        gate(report(device__decode_tokens_per_s={"value": 9.0, "range": {"value": "wide"}}), profile)
+
+
+def test_decode_path_rules() -> None:
+    profile = load_profile("raspberry-pi-5")
+    r = report()
+    r["decode"]["metrics"]["kld_mean"] = {"value": 0.2, "ci95_low": 0.1, "ci95_high": 0.3, "n": 256}
+    result = gate(r, profile)
+    assert [f.name for f in result.failed] == ["fidelity.decode_kld_mean_max"]
+    del r["decode"]  # a report from before the decode-path check proves nothing about decode
+    assert rule(gate(r, profile), "fidelity.decode_kld_mean_max").status == "MISSING"
+    data = profile.model_dump(by_alias=True)
+    data["fidelity"]["decode_match_fraction_min"] = 0.5
+    strict_floor = type(profile).model_validate(data)
+    low = report()
+    low["decode"]["metrics"]["match_fraction"] = {"value": 0.4, "ci95_low": 0.3, "ci95_high": 0.5, "n": 8}
+    assert rule(gate(low, strict_floor), "fidelity.decode_match_fraction_min").status == "FAIL"
+    enc = report()
+    enc["variant"]["task"] = "feature-extraction"
+    del enc["decode"]
+    assert rule(gate(enc, profile), "fidelity.decode_kld_mean_max").status == "n/a"
+
+
+def test_cli_gate_strict(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report(device__decode_tokens_per_s={"value": 9.0, "estimated": True,
+                                                                   "range": {"value": [6.5, 11.0]}})))
+    res = run_cli("gate", str(path), "--profile", "raspberry-pi-5")
+    assert res.returncode == 0, res.stderr
+    assert any(line.startswith("pass ?") and "decode_tokens_per_s_min" in line for line in res.stdout.splitlines())
+    res = run_cli("gate", str(path), "--profile", "raspberry-pi-5", "--strict")
+    assert res.returncode == 1 and "decode_tokens_per_s_min" in res.stderr and "straddles" in res.stderr
 
 
 def test_host_profile_uses_measured_values() -> None:

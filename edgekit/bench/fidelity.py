@@ -1,5 +1,10 @@
 """Fidelity of a variant vs its source on the same tokens: PPL, KLD, top-1 (causal LM), agreement/accuracy
-(classification), cosine (embeddings), each with a 95 % bootstrap confidence interval over positions/items.
+(classification), cosine (embeddings), each with a 95 % bootstrap confidence interval.
+
+Causal LM positions inside one window are correlated (same context, same topic), so the bootstrap resamples whole
+windows, never single positions: resampling positions made intervals several times too narrow. Windows never
+cross a document boundary and are taken round-robin across documents, so the default eval (2,048 tokens) spans
+at least 8 independent documents. Encoder items are independent, so each item is its own unit.
 
 The maths lives in pure numpy functions (`causal_stats`, `summarize_causal`, ...) so tests can check them
 against a hand computation; `measure_fidelity` feeds them real ONNX and PyTorch outputs. The KLD is
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 1000
 SEED = 0  # fixed: the same tokens give the same CIs to the last digit
 WINDOW = 256
+MIN_WINDOWS = 8  # fewer resampling units than this give intervals that mean little
 ENCODER_MAX_TOKENS = 128
 
 
@@ -41,10 +47,21 @@ class CausalStats:
     nll_source: np.ndarray
     nll_variant: np.ndarray
     top1: np.ndarray  # bool
+    window: np.ndarray | None = None  # the resampling unit of each position; None: one unit per position
 
     @classmethod
     def concat(cls, parts: list[CausalStats]) -> CausalStats:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("kld", "nll_source", "nll_variant", "top1")))
+        """Join per-window stats; each part becomes one resampling unit."""
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        window = np.concatenate([np.full(len(p.kld), i) for i, p in enumerate(parts)])
+        return cls(cat("kld"), cat("nll_source"), cat("nll_variant"), cat("top1"), window)
+
+    def units(self) -> list[np.ndarray]:
+        if self.window is None:
+            return [np.array([i]) for i in range(len(self.kld))]
+        return [np.flatnonzero(self.window == w) for w in np.unique(self.window)]
 
 
 def causal_stats(source_logits: np.ndarray, variant_logits: np.ndarray, next_ids: np.ndarray) -> CausalStats:
@@ -61,20 +78,27 @@ def causal_stats(source_logits: np.ndarray, variant_logits: np.ndarray, next_ids
     )
 
 
-def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], value: float, *, samples: int = BOOTSTRAP_SAMPLES,
-                 seed: int = SEED) -> tuple[float, float]:
-    """Percentile bootstrap over `n` items; `stat` takes an index array. Widened to include the point
-    estimate (percentile intervals of max-like statistics can otherwise end just below it)."""
+def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], value: float, *, units: list[np.ndarray] | None = None,
+                 samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """Percentile bootstrap; `stat` takes an index array. With `units` (index arrays, e.g. one per window), whole
+    units are drawn with replacement; else single items of `n`. Widened to include the point estimate
+    (percentile intervals of max-like statistics can otherwise end just below it)."""
     rng = np.random.default_rng(seed)
-    draws = np.array([stat(rng.integers(0, n, n)) for _ in range(samples)])
+    if units is None:
+        draws = np.array([stat(rng.integers(0, n, n)) for _ in range(samples)])
+    else:
+        k = len(units)
+        draws = np.array([stat(np.concatenate([units[j] for j in rng.integers(0, k, k)])) for _ in range(samples)])
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return float(min(low, value)), float(max(high, value))
 
 
-def metric(stat: Callable[[np.ndarray], float], n: int) -> dict[str, Any]:
+def metric(stat: Callable[[np.ndarray], float], n: int, units: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Value, 95 % interval, `n` items and `n_windows` resampling units (= n when items are independent)."""
     value = float(stat(np.arange(n)))
-    low, high = bootstrap_ci(n, stat, value)
-    return {"value": _sig(value), "ci95_low": _sig(low), "ci95_high": _sig(high), "n": n}
+    low, high = bootstrap_ci(n, stat, value, units=units)
+    return {"value": _sig(value), "ci95_low": _sig(low), "ci95_high": _sig(high), "n": n,
+            "n_windows": n if units is None else len(units)}
 
 
 def _sig(x: float, digits: int = 7) -> float:
@@ -86,15 +110,16 @@ def summarize_causal(st: CausalStats) -> dict[str, dict[str, Any]]:
     n = len(st.kld)
     if n == 0:
         raise InputError("no tokens to evaluate fidelity on; give --eval-data with more text")
+    u = st.units()
     return {
-        "top1_agreement": metric(lambda i: float(st.top1[i].mean()), n),
-        "kld_mean": metric(lambda i: float(st.kld[i].mean()), n),
-        "kld_p99": metric(lambda i: float(np.percentile(st.kld[i], 99)), n),
-        "kld_max": metric(lambda i: float(st.kld[i].max()), n),
-        "ppl_source": metric(lambda i: float(np.exp(st.nll_source[i].mean())), n),
-        "ppl_variant": metric(lambda i: float(np.exp(st.nll_variant[i].mean())), n),
+        "top1_agreement": metric(lambda i: float(st.top1[i].mean()), n, u),
+        "kld_mean": metric(lambda i: float(st.kld[i].mean()), n, u),
+        "kld_p99": metric(lambda i: float(np.percentile(st.kld[i], 99)), n, u),
+        "kld_max": metric(lambda i: float(st.kld[i].max()), n, u),
+        "ppl_source": metric(lambda i: float(np.exp(st.nll_source[i].mean())), n, u),
+        "ppl_variant": metric(lambda i: float(np.exp(st.nll_variant[i].mean())), n, u),
         # One resample for both models, so the ratio's CI reflects their paired difference.
-        "ppl_ratio": metric(lambda i: float(np.exp(st.nll_variant[i].mean() - st.nll_source[i].mean())), n),
+        "ppl_ratio": metric(lambda i: float(np.exp(st.nll_variant[i].mean() - st.nll_source[i].mean())), n, u),
     }
 
 
@@ -146,8 +171,53 @@ def eval_token_ids(tokenizer: Any, eval_data: Path | None, eval_tokens: int) -> 
 
 
 def windows(ids: list[int], size: int) -> list[list[int]]:
-    """Independent windows of at most `size` tokens (each needs 2 tokens to predict anything)."""
+    """Windows of at most `size` tokens (each needs 2 tokens to predict anything)."""
     return [ids[i:i + size] for i in range(0, len(ids), size) if len(ids[i:i + size]) >= 2]
+
+
+def eval_documents(eval_data: Path | None) -> list[str]:
+    """Independent held-out documents: the lines of --eval-data, or the built-in eval documents."""
+    from edgekit import data
+
+    if eval_data is not None:
+        return data.load_texts(eval_data)
+    return data.eval_documents()
+
+
+def window_size(eval_tokens: int, max_positions: int) -> int:
+    """WINDOW tokens, shorter when that would leave fewer than MIN_WINDOWS windows (or exceed the positions)."""
+    return max(2, min(WINDOW, max_positions, max(16, eval_tokens // MIN_WINDOWS)))
+
+
+def document_windows(docs: list[list[int]], size: int, eval_tokens: int) -> list[tuple[int, list[int]]]:
+    """(document index, window) pairs: windows of at most `size` tokens that never cross a document boundary,
+    taken round-robin (every document's first window, then every second one...) until `eval_tokens` tokens,
+    so a short eval still spans as many documents as it can."""
+    per_doc = [windows(d, size) for d in docs]
+    out: list[tuple[int, list[int]]] = []
+    budget = eval_tokens
+    for rank in range(max((len(w) for w in per_doc), default=0)):
+        for doc, wins in enumerate(per_doc):
+            if rank < len(wins) and budget >= 2:
+                win = wins[rank][:budget]
+                out.append((doc, win))
+                budget -= len(win)
+    return out
+
+
+def tokenize_documents(tokenizer: Any, documents: list[str], eval_tokens: int, size: int) -> list[list[int]]:
+    """Token ids per document; stops once the first windows alone cover `eval_tokens` (round-robin never
+    reaches a later document then)."""
+    out: list[list[int]] = []
+    first_windows = 0
+    for doc in documents:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if len(ids) >= 2:
+            out.append(ids)
+            first_windows += min(len(ids), size)
+        if first_windows >= eval_tokens:
+            break
+    return out
 
 
 def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
@@ -156,19 +226,27 @@ def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: di
 
     from edgekit.runtime import Decoder
 
-    ids = eval_token_ids(tokenizer, eval_data, eval_tokens)
     max_pos = int(config.get("max_position_embeddings") or config.get("n_positions") or WINDOW)
-    size = min(WINDOW, max_pos, max(2, eval_tokens))
+    size = window_size(eval_tokens, max_pos)
+    docs = tokenize_documents(tokenizer, eval_documents(eval_data), eval_tokens, size)
+    wins = document_windows(docs, size, eval_tokens)
+    if not wins:
+        raise InputError("no tokens to evaluate fidelity on; give --eval-data with more text")
     decoder = Decoder(variant_session)
     parts = []
-    wins = windows(ids, size)
     with progress.stage("bench: fidelity", total=len(wins)) as st, torch.inference_mode():
-        for win in wins:
+        for _, win in wins:
             ref = model(torch.tensor([win], dtype=torch.long)).logits[0].float().numpy()
             got = decoder.logits(win)
             parts.append(causal_stats(ref[:-1], got[:-1], np.asarray(win[1:])))
             st.advance()
-    return summarize_causal(CausalStats.concat(parts))
+    if len(wins) < MIN_WINDOWS:
+        log.warning("fidelity on %d windows only: its intervals are rough; give more --eval-tokens or --eval-data", len(wins))
+    out = summarize_causal(CausalStats.concat(parts))
+    n_documents = len({d for d, _ in wins})
+    for entry in out.values():
+        entry["n_documents"] = n_documents
+    return out
 
 
 def encoder_texts(eval_data: Path | None, eval_tokens: int, task: str) -> tuple[list[str], list[str]]:

@@ -14,6 +14,7 @@ PERF_ORDER = ("decode_tokens_per_s", "ttft_ms", "prefill_tokens_per_s", "per_tok
               "throughput_items_per_s", "peak_rss_mb", "model_size_mb", "load_ms")
 FIDELITY_ORDER = ("top1_agreement", "kld_mean", "kld_p99", "kld_max", "ppl_source", "ppl_variant", "ppl_ratio",
                   "agreement", "accuracy", "accuracy_source", "accuracy_ratio", "cosine_mean", "cosine_p5")
+DECODE_ORDER = ("match_fraction", "matched_tokens_mean", "full_match_rate", "kld_mean", "top1_agreement")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -59,7 +60,9 @@ def _perf_rows(perf: dict[str, Any]) -> list[str]:
         v, s = var[name], src.get(name, {})
         d = dev.get(name)
         capped = ", at the device roofline" if d and d.get("capped_at_device_roofline") else ""
-        est = f"{_num(d['value'])} (estimated{capped})" if d else "–"
+        band = (d.get("range") or {}).get("value") if d else None
+        span = f" [{_num(band[0])}, {_num(band[1])}]" if band else ""
+        est = f"{_num(d['value'])}{span} (estimated{capped})" if d else "–"
         rows.append(f"| {name} ({v['unit']}) | {_num(v['value'])} | {_num(v.get('p95'))} | {_num(s.get('value'))} | "
                     f"{_num((perf.get('speedup') or {}).get(name))}× | {est} |")
     return rows
@@ -72,12 +75,13 @@ def _runs_line(perf: dict[str, Any]) -> str:
     return f"Timing: {'; '.join(parts)}{'; ' + mode if mode else ''}; p50 is the value."
 
 
-def _fidelity_rows(fid: dict[str, Any]) -> list[str]:
-    rows = ["| metric | value | 95 % CI | n |", "|---|---|---|---|"]
-    for name in FIDELITY_ORDER:
+def _fidelity_rows(fid: dict[str, Any], order: tuple[str, ...] | None = None) -> list[str]:
+    rows = ["| metric | value | 95 % CI | n | windows |", "|---|---|---|---|---|"]
+    for name in order or FIDELITY_ORDER:
         m = fid.get(name)
         if m:
-            rows.append(f"| {name} | {_num(m['value'])} | [{_num(m['ci95_low'])}, {_num(m['ci95_high'])}] | {m['n']} |")
+            rows.append(f"| {name} | {_num(m['value'])} | [{_num(m['ci95_low'])}, {_num(m['ci95_high'])}] | {m['n']} "
+                        f"| {m.get('n_windows', m['n'])} |")
     return rows
 
 
@@ -102,10 +106,15 @@ def to_markdown(report: dict[str, Any], *, png_name: str | None = None) -> str:
         "",
     ]
     if perf.get("device"):
-        lines += ["Device figures are roofline estimates scaled from this host's measurement (`estimated: true`).", ""]
+        lines += ["Device figures are roofline estimates scaled from this host's measurement (`estimated: true`); "
+                  "[low, high] is the range from the device's efficiency band in the profile.", ""]
     elif perf.get("on_device"):
         lines += ["Measured on the device itself (`--on-device`).", ""]
-    lines += ["## Fidelity vs source (same tokens; 95 % bootstrap CI over positions)", "", *_fidelity_rows(report["fidelity"]), ""]
+    lines += ["## Fidelity vs source (same tokens; 95 % bootstrap CI resampling whole windows)", "", *_fidelity_rows(report["fidelity"]), ""]
+    decode = report.get("decode")
+    if decode:
+        lines += [f"## Decode path ({decode['prompts']} prompts × {decode['new_tokens']} greedy tokens, {decode['path']}; "
+                  "95 % CI resampling whole prompts)", "", *_fidelity_rows(decode["metrics"], DECODE_ORDER), ""]
     if report.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
     if png_name:

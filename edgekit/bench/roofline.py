@@ -1,10 +1,12 @@
 """Device estimates from a roofline, calibrated by how close this host gets to its own roofline.
 
 time(device) = time(host, measured) × roofline_time(device) / roofline_time(host), where
-roofline_time = max(bytes moved / memory bandwidth, FLOPs / peak compute) for the same work. Decode reads
+roofline_time = max(bytes moved / memory bandwidth, FLOPs / peak compute) for the same work. The host's side is
+measured; the device's is its datasheet peak derated by a measured efficiency (profile `bandwidth_efficiency`,
+`compute_efficiency`), whose low..high band becomes each estimate's `range`. Decode reads
 every weight once per token plus the KV cache so far (memory-bound on CPUs); prefill and encoders do
 ~2 × params FLOPs per token (compute-bound). Every figure this module returns is `estimated: true`.
-The host's bandwidth and fp32 matmul peak are measured once per (CPU, threads) and cached as JSON
+The host's bandwidth and fp32 matmul peak are measured once per (CPU, cores, ISA flags, threads) and cached as JSON
 (`$EDGEKIT_CACHE/host_roofline.json`; delete it to re-measure).
 """
 
@@ -63,6 +65,12 @@ def _loadavg() -> float | None:
         return None
 
 
+def host_key(host: dict[str, Any]) -> str:
+    """The cache key of a host: CPU name alone is not enough (one name covers VMs with different cores and ISA
+    flags, and machines change between sessions)."""
+    return f"{host['cpu_model']}|cpus={host.get('cores')}|isa={'+'.join(host.get('isa_flags') or [])}"
+
+
 def host_roofline(cpu_model: str, threads: int, *, refresh: bool = False) -> dict[str, Any]:
     """The cached host figures, measured on first use (again with `refresh`)."""
     path = cache_dir() / "host_roofline.json"
@@ -113,38 +121,59 @@ def roof_time(nbytes: float, flops: float, bandwidth_gbps: float, peak_gflops: f
     return max(nbytes / (bandwidth_gbps * 1e9), flops / (peak_gflops * 1e9))
 
 
+def device_roofs(dev: Any) -> dict[str, tuple[float, float]]:
+    """Effective (bandwidth GB/s, fp32 GFLOP/s) of the device: datasheet peak × measured efficiency, at the
+    efficiency's value and at both ends of its band ("low" = the slow end)."""
+    from edgekit.specs import UNCITED_EFFICIENCY
+
+    bw_eff = dev.bandwidth_efficiency or UNCITED_EFFICIENCY
+    c_eff = dev.compute_efficiency or UNCITED_EFFICIENCY
+    bw, peak = float(dev.memory_bandwidth_gbps), float(dev.peak_gflops_fp32)
+    return {case: (bw * getattr(bw_eff, case), peak * getattr(c_eff, case)) for case in ("value", "low", "high")}
+
+
 def estimate_device(measured: dict[str, Any], task: str, method: str, weight_bytes: float, params: float,
                     config: dict[str, Any], profile: Any, host: dict[str, Any]) -> dict[str, Any]:
-    """Scale the host's measured metrics to the profile's device; returns (device metrics, basis)."""
-    dev = profile.device
-    int8_compute = method in ("int8-dynamic", "int8-static") and dev.peak_gops_int8
-    dev_peak = float(dev.peak_gops_int8 if int8_compute else dev.peak_gflops_fp32)
+    """Scale the host's measured metrics to the profile's device, each with a `range` from the device's
+    efficiency band. Like with like: the host's *measured* fp32 roofline against the device's *derated* fp32
+    roofline, whatever the method: an int8 method's gain is already in the host measurement, and comparing the
+    device's int8 peak with the host's fp32 peak would count it twice."""
     units = work(task, weight_bytes, params, config, profile.workload)
-    scale, floor_s = {}, {}
-    for name, (nbytes, flops) in units.items():
-        host_t = roof_time(nbytes, flops, host["memory_bandwidth_gbps"], host["peak_gflops_fp32"])
-        dev_t = roof_time(nbytes, flops, float(dev.memory_bandwidth_gbps), dev_peak)
-        scale[name] = dev_t / host_t  # > 1: the device is slower
-        floor_s[name] = dev_t
+    roofs = device_roofs(profile.device)
+    datasheet = (float(profile.device.memory_bandwidth_gbps), float(profile.device.peak_gflops_fp32))
     which = {"decode_tokens_per_s": "decode", "per_token_ms": "decode", "ttft_ms": "prefill",
              "prefill_tokens_per_s": "prefill", "latency_ms": "batch", "throughput_items_per_s": "batch"}
     out: dict[str, Any] = {}
     for metric, unit_name in which.items():
-        if metric not in measured or unit_name not in scale:
+        if metric not in measured or unit_name not in units:
             continue
-        factor = scale[unit_name] if metric in LATENCY_METRICS else 1 / scale[unit_name]
-        src = measured[metric]
-        bound = _roofline_bound(metric, floor_s[unit_name], profile.workload)
-        entry: dict[str, Any] = {"estimated": True, "basis": "roofline", "scale": round(factor, 4)}
-        for p in ("value", "p50", "p95", "p99"):
-            if p in src:
-                entry[p] = round(_clamp(metric, src[p] * factor, bound), 4)
-        entry["unit"] = src["unit"]
-        if _clamp(metric, src["value"] * factor, bound) != src["value"] * factor:
-            # The host beat its own cached roofline (a bandwidth figure taken under load): no device beats its own.
-            entry["capped_at_device_roofline"] = True
-        out[metric] = entry
+        nbytes, flops = units[unit_name]
+        host_t = roof_time(nbytes, flops, host["memory_bandwidth_gbps"], host["peak_gflops_fp32"])
+        # No device beats its datasheet roofline, however fast the host was against its cached figures.
+        bound = _roofline_bound(metric, roof_time(nbytes, flops, *datasheet), profile.workload)
+        factors = {case: _factor(metric, roof_time(nbytes, flops, *roof) / host_t) for case, roof in roofs.items()}
+        out[metric] = _entry(metric, measured[metric], factors, bound)
     return out
+
+
+def _factor(metric: str, slowdown: float) -> float:
+    """Multiplier on the host figure: latencies grow with the device's slowdown, rates shrink."""
+    return slowdown if metric in LATENCY_METRICS else 1 / slowdown
+
+
+def _entry(metric: str, src: dict[str, Any], factors: dict[str, float], bound: float) -> dict[str, Any]:
+    entry: dict[str, Any] = {"estimated": True, "basis": "roofline", "scale": round(factors["value"], 4), "range": {}}
+    for p in ("value", "p50", "p95", "p99"):
+        if p in src:
+            scaled = {case: _clamp(metric, src[p] * f, bound) for case, f in factors.items()}
+            entry[p] = round(scaled["value"], 4)
+            entry["range"][p] = [round(min(scaled.values()), 4), round(max(scaled.values()), 4)]
+    entry["unit"] = src["unit"]
+    entry["range_basis"] = "device efficiency band (profile device.*_efficiency low..high)"
+    if _clamp(metric, src["value"] * factors["value"], bound) != src["value"] * factors["value"]:
+        # The host beat its own cached roofline (a bandwidth figure taken under load): no device beats its own.
+        entry["capped_at_device_roofline"] = True
+    return entry
 
 
 def _roofline_bound(metric: str, dev_t: float, workload: Any) -> float:
@@ -165,7 +194,10 @@ def basis(task: str, method: str, weight_bytes: float, params: float, config: di
     """The inputs of the estimate, and how close this host got to its own roofline (its efficiency)."""
     units = work(task, weight_bytes, params, config, profile.workload)
     detail: dict[str, Any] = {"host": host, "device": profile.device.model_dump(), "weight_bytes": int(weight_bytes),
-                              "parameters": int(params), "kv_bytes_per_position": kv_bytes_per_position(config)}
+                              "parameters": int(params), "kv_bytes_per_position": kv_bytes_per_position(config),
+                              "device_effective": {k: [round(x, 2) for x in v] for k, v in device_roofs(profile.device).items()},
+                              "efficiency_cited": bool(profile.device.bandwidth_efficiency and profile.device.compute_efficiency),
+                              "compared": "host measured fp32 roofline vs device derated fp32 roofline"}
     for name, (nbytes, flops) in units.items():
         detail[f"{name}_bytes"] = int(nbytes)
         detail[f"{name}_flops"] = int(flops)

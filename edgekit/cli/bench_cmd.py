@@ -17,19 +17,21 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
 @click.option("--profile", "-p", "profile_name", default="local", show_default=True, help="Profile name or YAML path.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out text (one item a line; 'label<TAB>text' for classification accuracy).")
-@click.option("--eval-tokens", type=click.IntRange(min=2), default=512, show_default=True,
-              help="Tokens of eval text for fidelity.")
+@click.option("--eval-tokens", type=click.IntRange(min=2), default=2048, show_default=True,
+              help="Tokens of eval text for fidelity (windows of <= 256 within documents).")
 @click.option("--max-time", "max_time", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Time limit (s) of each engine's repeated timing runs.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="report.json path; report.md and report.png are written beside it.")
+@click.option("--decode-prompts", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Greedy continuations checked through the variant's KV cache (0: skip the decode-path check).")
 @click.option("--on-device", is_flag=True, help="This run is on the profile's device: no estimates.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the source to run.")
 @allow_implausible_option
 @common_options
 def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | None, eval_tokens: int, max_time: float,
-          out: Path | None, on_device: bool, trust_remote_code: bool, allow_implausible_source: bool,
-          as_json: bool) -> None:
+          out: Path | None, decode_prompts: int, on_device: bool, trust_remote_code: bool,
+          allow_implausible_source: bool, as_json: bool) -> None:
     """Measure MODEL (an edgekit export/compress folder) against SOURCE: speed, memory, fidelity with CIs."""
     from edgekit.artifact import OnnxArtifact
     from edgekit.bench import bench as run_bench
@@ -43,7 +45,7 @@ def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | No
     source = load_source(source_spec, task=variant.task, trust_remote_code=trust_remote_code)
     sanity = check_source(source, eval_data=eval_data, allow_implausible=allow_implausible_source)
     report = run_bench(variant, source, profile, eval_data=eval_data, on_device=on_device, eval_tokens=eval_tokens,
-                       max_time_s=max_time)
+                       max_time_s=max_time, decode_prompts=decode_prompts)
     report["source"] = {**(report.get("source") or {}), "sanity": sanity}
     written = None
     if out is not None:
@@ -67,7 +69,18 @@ def summary_table(report: dict[str, Any]) -> str:
         s = perf["source"].get(name, {})
         d = device.get(name)
         rows.append((f"{name} ({v['unit']})", v["value"], v.get("p95"), s.get("value"), perf["speedup"].get(name),
-                     f"{d['value']:.4g} est." if d else None))
+                     _device_cell(d)))
     text = table(rows, ["performance", "variant", "p95", "source", "speedup", "device"])
-    frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"]) for name, m in fid.items()]
-    return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n"])
+    frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
+             for name, m in fid.items()]
+    dec = report.get("decode") or {}
+    frows += [(f"decode.{name}", m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
+              for name, m in (dec.get("metrics") or {}).items()]
+    return text + "\n\n" + table(frows, ["fidelity", "value", "95% CI", "n", "windows"])
+
+
+def _device_cell(entry: dict[str, Any] | None) -> str | None:
+    if not entry:
+        return None
+    band = (entry.get("range") or {}).get("value")
+    return f"{entry['value']:.4g} [{band[0]:.4g}, {band[1]:.4g}] est." if band else f"{entry['value']:.4g} est."

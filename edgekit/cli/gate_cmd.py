@@ -67,7 +67,8 @@ def print_gate(result: Any) -> None:
     if any(r.estimated for r in result.rules):
         notes.append("(est.) = device figure estimated from a roofline, not measured on the device")
     if any(r.uncertain for r in result.rules):
-        notes.append("? = the 95 % interval straddles the threshold; gated on the point value")
+        notes.append("? = the interval (fidelity 95 % CI, or the estimate's device-efficiency range) straddles the "
+                     + ("threshold; --strict fails it" if result.strict else "threshold; gated on the point value (--strict fails it)"))
     echo("\n".join(["", *notes, f"gate {result.profile}: {verdict}"]))
 
 
@@ -88,15 +89,17 @@ def finish_gate(result: Any) -> None:
 @click.option("--markdown", type=click.Path(path_type=Path), default=None, help="Write a Markdown summary (PR comments).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="gate.json path (default: beside REPORT, but never inside a bundle).")
+@click.option("--strict", is_flag=True, help="Fail rules whose interval straddles the threshold (shown as ?).")
 @common_options
 def gate(report: Path, profile_name: str, baseline: Path | None, junit: Path | None, markdown: Path | None,
-         out: Path | None, as_json: bool) -> None:
+         out: Path | None, strict: bool, as_json: bool) -> None:
     """Check REPORT against a profile's budgets and fidelity floors; exit 1 if it does not fit."""
     from edgekit.catalog import load_profile
     from edgekit.gate import gate as run_gate
 
     profile = load_profile(profile_name)
-    result = run_gate(read_json(report, "report"), profile, read_json(baseline, "baseline report") if baseline else None)
+    result = run_gate(read_json(report, "report"), profile, read_json(baseline, "baseline report") if baseline else None,
+                      strict=strict)
     gate_json = out or default_gate_json(report)
     outputs = {gate_json: json.dumps(result.to_dict(), indent=2) + "\n"} if gate_json else {}
     if junit:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.runtime import LOGITS_TO_KEEP
+
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 128
@@ -63,6 +65,8 @@ def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None,
         feed["position_ids"] = np.arange(past_len, past_len + seq, dtype=np.int64)[None, :]
     if dec.with_past:
         feed.update(past if past is not None else dec._empty_past(batch))
+    if dec.keeps_last:  # every position's logits: calibrate the lm_head on what fidelity runs
+        feed[LOGITS_TO_KEEP] = np.zeros(1, dtype=np.int64)
     return feed
 
 

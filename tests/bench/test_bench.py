@@ -51,8 +51,14 @@ def test_generation_report_structure(llama_report: dict[str, Any], tiny_onnx) ->
     assert set(perf["speedup"]) == GEN_METRICS and all(x > 0 for x in perf["speedup"].values())
     assert set(r["fidelity"]) == CAUSAL_FIDELITY
     for m in r["fidelity"].values():
-        assert set(m) == {"value", "ci95_low", "ci95_high", "n"} and m["ci95_low"] <= m["value"] <= m["ci95_high"]
-    assert r["fidelity"]["top1_agreement"]["value"] == 1.0 and r["fidelity"]["top1_agreement"]["n"] == 63
+        assert set(m) == {"value", "ci95_low", "ci95_high", "n", "n_windows", "n_documents"}
+        assert m["ci95_low"] <= m["value"] <= m["ci95_high"]
+    # 64 tokens → 4 windows of 16 from 4 documents, 15 predictions each.
+    top1 = r["fidelity"]["top1_agreement"]
+    assert top1["value"] == 1.0 and top1["n"] == 60 and top1["n_windows"] == 4 and top1["n_documents"] == 4
+    decode = r["decode"]
+    assert decode["prompts"] == 8 and decode["metrics"]["kld_mean"]["value"] < 1e-6
+    assert decode["metrics"]["match_fraction"]["value"] == 1.0 and decode["metrics"]["match_fraction"]["n_windows"] == 8
     # The ONNX measurement process never loaded torch, so its RSS is the device's.
     assert not any("torch was loaded" in w for w in r["warnings"])
     json.dumps(r, allow_nan=False)
@@ -63,6 +69,7 @@ def test_write_report_renders_json_markdown_png(llama_report: dict[str, Any], tm
     assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(llama_report))
     md = paths["md"].read_text()
     assert "| decode_tokens_per_s (tokens/s) |" in md and "| kld_mean | " in md and "interleaved" in md and "report.png" in md
+    assert "## Decode path (8 prompts" in md and "| match_fraction | 1 |" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md", "report.png"]
 
@@ -80,6 +87,7 @@ def test_encoder_on_a_device_profile_is_estimated(tiny_onnx, tiny_model) -> None
     assert lat["scale"] * thr["scale"] == pytest.approx(1.0, rel=1e-3)
     assert perf["roofline"]["host"]["memory_bandwidth_gbps"] > 0 and perf["roofline"]["batch_flops"] > 0
     assert set(r["fidelity"]) == {"cosine_mean", "cosine_p5"} and r["fidelity"]["cosine_mean"]["value"] > 0.9999
+    assert r["decode"] is None
     r2 = bench(tiny_onnx("bert-emb"), load_source(str(tiny_model("bert-emb"))), load_profile("raspberry-pi-5"),
                eval_tokens=64, max_time_s=0.3, on_device=True)
     assert r2["performance"]["device"] is None and r2["performance"]["on_device"] is True

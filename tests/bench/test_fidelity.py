@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from edgekit.bench.fidelity import (
+    CausalStats,
     bootstrap_ci,
     causal_stats,
+    document_windows,
     measure_fidelity,
     summarize_causal,
     summarize_classification,
     summarize_embeddings,
+    window_size,
     windows,
 )
 from edgekit.errors import InputError
@@ -97,7 +100,9 @@ def test_real_onnx_export_is_faithful_and_deterministic(tiny_onnx, tiny_model) -
     second = measure_fidelity(variant.session(), source, None, 96)
     assert first == second
     assert first["top1_agreement"]["value"] == 1.0 and first["kld_mean"]["value"] < 1e-6
-    assert first["ppl_ratio"]["value"] == pytest.approx(1.0, abs=1e-4) and first["top1_agreement"]["n"] == 95
+    # 96 tokens → windows of 16 (at least 8 would be wanted): 6 windows, 15 predictions each.
+    assert first["ppl_ratio"]["value"] == pytest.approx(1.0, abs=1e-4) and first["top1_agreement"]["n"] == 90
+    assert first["top1_agreement"]["n_windows"] == 6 and first["top1_agreement"]["n_documents"] == 6
 
 
 def test_perturbed_source_gives_positive_kld(tiny_onnx, perturbed_llama: Path) -> None:  # type: ignore[no-untyped-def]
@@ -115,3 +120,58 @@ def test_classification_accuracy_from_labelled_tsv(tiny_onnx, tiny_model, tmp_pa
     data.write_text("positive\tthe movie was fine\n")
     with pytest.raises(InputError, match="not one of the model's labels"):
         measure_fidelity(tiny_onnx("bert-cls").session(), load_source(str(tiny_model("bert-cls"))), data, 64)
+
+
+def _windowed(n_windows: int, per_window: int, seed: int = 5) -> CausalStats:
+    """Positions correlated within a window: each window has its own agreement rate (as real text does)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(n_windows):
+        rate = rng.uniform(0.6, 1.0)
+        top1 = rng.random(per_window) < rate
+        zeros = np.zeros(per_window)
+        parts.append(CausalStats(kld=rng.gamma(1.0, rate, per_window), nll_source=zeros, nll_variant=zeros, top1=top1))
+    return CausalStats.concat(parts)
+
+
+def _width(m: dict[str, float]) -> float:
+    return m["ci95_high"] - m["ci95_low"]
+
+
+def test_window_bootstrap_is_wider_than_position_bootstrap_and_widens_with_fewer_windows() -> None:
+    many, few = _windowed(32, 64), _windowed(4, 64)
+    out_many, out_few = summarize_causal(many), summarize_causal(few)
+    assert out_many["top1_agreement"]["n_windows"] == 32 and out_few["top1_agreement"]["n_windows"] == 4
+    assert out_many["top1_agreement"]["n"] == 32 * 64
+    assert _width(out_few["top1_agreement"]) > 1.5 * _width(out_many["top1_agreement"])
+    assert _width(out_few["kld_mean"]) > 1.5 * _width(out_many["kld_mean"])
+    # The same positions resampled one by one (the old, too-narrow way) give a narrower interval.
+    positions = CausalStats(many.kld, many.nll_source, many.nll_variant, many.top1)
+    out_pos = summarize_causal(positions)
+    assert out_pos["top1_agreement"]["n_windows"] == 32 * 64
+    assert _width(out_pos["top1_agreement"]) < 0.8 * _width(out_many["top1_agreement"])
+
+
+def test_windows_never_cross_documents_and_spread_round_robin() -> None:
+    docs = [list(range(d * 1000, d * 1000 + length)) for d, length in enumerate((600, 40, 300, 3))]
+    wins = document_windows(docs, 256, 10_000)
+    for doc, win in wins:
+        assert all(t // 1000 == doc for t in win) and 2 <= len(win) <= 256
+    assert [d for d, _ in wins[:4]] == [0, 1, 2, 3]  # every document's first window before any second one
+    assert sum(len(w) for _, w in wins) == 600 + 40 + 300 + 3
+    budgeted = document_windows(docs, 256, 300)
+    assert sum(len(w) for _, w in budgeted) == 300 and [(d, len(w)) for d, w in budgeted] == [(0, 256), (1, 40), (2, 4)]
+    assert window_size(2048, 8192) == 256 and window_size(96, 8192) == 16 and window_size(2048, 100) == 100
+
+
+def test_short_documents_still_fill_the_token_budget() -> None:
+    from edgekit.bench.fidelity import tokenize_documents
+
+    class Words:  # one token per word: enough to count
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    docs = ["w " * 100] * 30 + ["w " * 1000] * 5  # 30 short documents, then long ones
+    ids = tokenize_documents(Words(), docs, 2048, 256)
+    wins = document_windows(ids, 256, 2048)
+    assert sum(len(w) for _, w in wins) == 2048 and len({d for d, _ in wins}) >= 8
