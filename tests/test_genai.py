@@ -7,12 +7,15 @@ carries it and the tiny-model tests run in `make test`; the SmolLM2 ones are slo
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from edgekit.genai_config import GENAI_FILE, GENAI_VERSION
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.test_genai_config import FAST, build
 
 try:
@@ -64,14 +67,57 @@ def assert_same_tokens(bundle: Path, *, cli_prompts: int = 0) -> dict[str, list[
     return produced
 
 
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """tiny_bundle(arch, method) → a bundle built by `edgekit build` (once per module)."""
+    root, built = tmp_path_factory.mktemp("genai-bundles"), {}
+
+    def get(arch: str, method: str) -> Path:
+        if (arch, method) not in built:
+            built[arch, method] = build(tiny_model(arch), root / f"{arch}-{method}", method)
+        return built[arch, method]
+
+    return get
+
+
 @pytest.mark.parametrize(("arch", "method"), [("llama", "int8-weight"), ("llama", "int4-rtn"), ("qwen2", "int8-weight")])
-def test_tiny_bundle_generates_the_same_tokens_in_genai(tiny_model, tmp_path: Path, arch: str,  # type: ignore[no-untyped-def]
-                                                         method: str) -> None:
+def test_tiny_bundle_generates_the_same_tokens_in_genai(tiny_bundle, arch: str, method: str) -> None:  # type: ignore[no-untyped-def]
     assert og.__version__ == GENAI_VERSION
-    bundle = build(tiny_model(arch), tmp_path / f"{arch}-{method}", method)
+    bundle = tiny_bundle(arch, method)
     produced = assert_same_tokens(bundle)
     # A random model may hit EOS (token 0) early; at least one prompt must run the whole 32-step decode loop.
     assert max(len(t) for t in produced.values()) == NEW_TOKENS
+
+
+def test_readme_c_snippet_runs_a_bundle(tiny_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """README.md's C program, compiled against the wheel's libonnxruntime-genai, prints edgekit's tokens."""
+    import onnxruntime
+
+    from edgekit.runtime import Decoder, Model
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler on PATH")
+    section = (REPO / "README.md").read_text().split("## Run a bundle without Python", 1)[1]
+    (tmp_path / "load.c").write_text(section.split("```c\n", 1)[1].split("```", 1)[0])
+    lib = Path(og.__file__).parent
+    exe = tmp_path / "load"
+    subprocess.run([cc, "-o", str(exe), str(tmp_path / "load.c"), f"-I{Path(__file__).parent / 'genai'}", f"-L{lib}",
+                    "-l:libonnxruntime-genai.so", f"-Wl,-rpath,{lib}"], check=True, capture_output=True)
+    # GenAI dlopens libonnxruntime.so; the onnxruntime wheel ships it only as libonnxruntime.so.<version>.
+    ort_lib = tmp_path / "ort"
+    ort_lib.mkdir()
+    (ort_lib / "libonnxruntime.so").symlink_to(next((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.*")))
+
+    bundle, prompt = tiny_bundle("llama", "int8-weight"), PROMPTS[0]
+    res = subprocess.run([str(exe), str(bundle), prompt], capture_output=True, timeout=300,
+                         env={**os.environ, "LD_LIBRARY_PATH": str(ort_lib)})
+    assert res.returncode == 0, res.stderr.decode(errors="replace")[-2000:]
+    ours = Model(bundle)
+    ids = ours.encode(prompt)
+    expected = list(Decoder(ours.session).tokens(ids, 64 - len(ids), eos=ours.eos_ids))  # the snippet's max_length
+    stream = og.Tokenizer(og.Model(str(bundle))).create_stream()
+    assert res.stdout == "".join(stream.decode(t) for t in expected).encode()
 
 
 @pytest.fixture(scope="module")
