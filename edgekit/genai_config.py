@@ -137,22 +137,26 @@ def _session_options(providers: list[str], threads: int) -> dict[str, Any]:
 
 def _search(generation: dict[str, Any], context: int) -> dict[str, Any]:
     """Search defaults from generation_config.json (what GenAI's builder copies), greedy unless it samples."""
-    g = generation
+
+    def get(key: str, default: float) -> float:
+        value = generation.get(key)  # transformers writes null for unset fields
+        return default if value is None else float(value)
+
     return {
-        "do_sample": bool(g.get("do_sample", False)),
+        "do_sample": bool(generation.get("do_sample") or False),
         "early_stopping": True,
-        "length_penalty": float(g.get("length_penalty", 1.0)),
+        "length_penalty": get("length_penalty", 1.0),
         # GenAI sizes the shared KV buffer to max_length: apps lower it per request (README, "Run a bundle").
         "max_length": context,
         "min_length": 0,
-        "no_repeat_ngram_size": int(g.get("no_repeat_ngram_size", 0)),
-        "num_beams": int(g.get("num_beams", 1)),
-        "num_return_sequences": int(g.get("num_return_sequences", 1)),
+        "no_repeat_ngram_size": int(get("no_repeat_ngram_size", 0)),
+        "num_beams": int(get("num_beams", 1)),
+        "num_return_sequences": int(get("num_return_sequences", 1)),
         "past_present_share_buffer": True,
-        "repetition_penalty": float(g.get("repetition_penalty", 1.0)),
-        "temperature": float(g.get("temperature", 1.0)),
-        "top_k": int(g.get("top_k") or 50),
-        "top_p": float(g.get("top_p", 1.0)),
+        "repetition_penalty": get("repetition_penalty", 1.0),
+        "temperature": get("temperature", 1.0),
+        "top_k": int(get("top_k", 50)),
+        "top_p": get("top_p", 1.0),
     }
 
 

@@ -138,3 +138,21 @@ def test_graphs_genai_cannot_drive_get_a_reason_not_a_config(tiny_model, tmp_pat
     assert not (out / GENAI_FILE).exists() and GENAI_FILE not in manifest["files"]
     res = run_cli("verify", str(out), "--json")
     assert res.returncode == 0 and "not expressible" in json.loads(res.stdout)["genai"], res.stderr
+
+
+def test_search_defaults_come_from_the_generation_config(fused_bundle: Path, tmp_path: Path) -> None:
+    from edgekit.genai_config import runtimes_for
+
+    folder = shutil.copytree(fused_bundle, tmp_path / "b")
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen.update(do_sample=True, temperature=0.7, top_p=0.9, top_k=None, repetition_penalty=1.1, eos_token_id=[0, 5])
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    _, config = runtimes_for(folder, "text-generation", providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                             threads=4)
+    assert config is not None
+    search = config["search"]
+    assert (search["do_sample"], search["temperature"], search["top_p"], search["top_k"], search["repetition_penalty"]) \
+        == (True, 0.7, 0.9, 50, 1.1)
+    assert config["model"]["eos_token_id"] == [0, 5] and config["model"]["pad_token_id"] == 1
+    options = config["model"]["decoder"]["session_options"]
+    assert options["provider_options"] == [{"cuda": {}}] and options["intra_op_num_threads"] == 4
