@@ -239,8 +239,22 @@ def write_bundle(artifact: Any, report: dict[str, Any], gate_result: Any, out: P
             writer.add_json("build.json", build)
         for name, path in (extra_files or {}).items():
             writer.add_file(path, name)
-        writer.write_manifest(manifest_meta(artifact, report, gate_result, command=command, method=method))
+        meta = manifest_meta(artifact, report, gate_result, command=command, method=method)
+        meta["runtimes"] = _add_genai_config(writer, artifact, meta)
+        writer.write_manifest(meta)
         return writer.commit(archive=archive)
+
+
+def _add_genai_config(writer: BundleWriter, artifact: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """genai_config.json where onnxruntime-genai can drive the graph; the manifest's `runtimes` either way."""
+    from edgekit.genai_config import GENAI_FILE, runtimes_for
+
+    runtime = meta["runtime"]
+    runtimes, genai = runtimes_for(artifact.path, artifact.task, providers=runtime["providers"],
+                                   threads=runtime["threads"], model_file=artifact.model_file.name)
+    if genai is not None:
+        writer.add_json(GENAI_FILE, genai)
+    return runtimes
 
 
 # ---------------------------------------------------------------- reading and verifying
@@ -315,6 +329,12 @@ def smoke_test(folder: Path) -> dict[str, Any]:
     return {"task": model.task, "sample": sample}
 
 
+def check_genai(folder: Path, manifest: dict[str, Any]) -> str:
+    from edgekit.genai_config import check_bundle
+
+    return check_bundle(folder, manifest)
+
+
 def verify_bundle(path: Path | str) -> dict[str, Any]:
     """Verify a bundle folder or .tar.gz archive; raise VerifyFailed naming the first problem."""
     path = Path(path)
@@ -324,8 +344,9 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
         folder = safe_extract(path, Path(scratch)) if path.is_file() else path
         manifest = read_manifest(folder)
         check_files(folder, manifest)
+        genai = check_genai(folder, manifest)
         run = smoke_test(folder)
     # Integrity, not fitness: a bundle that failed its gate verifies, and says that it failed.
-    return {"bundle": str(path), "ok": True, "files": len(manifest["files"]), "inference": run,
+    return {"bundle": str(path), "ok": True, "files": len(manifest["files"]), "inference": run, "genai": genai,
             "method": manifest.get("method"), "profile": (manifest.get("profile") or {}).get("name"),
             "gate_passed": manifest.get("gate_passed"), "gate_failed": manifest.get("gate_failed") or []}

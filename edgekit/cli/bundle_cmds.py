@@ -24,6 +24,7 @@ def verify(bundle: Path, as_json: bool) -> None:
         emit_json(result)
     else:
         echo(f"{bundle}: OK — {result['files']} files match the manifest, {result['inference']['task']} inference ran")
+        echo(f"onnxruntime-genai: {result['genai']}")
         if result["gate_passed"] is False:
             echo(f"note: built as a failing variant for profile '{result['profile']}' "
                  f"({', '.join(result['gate_failed']) or 'see gate.json'})")
