@@ -148,13 +148,15 @@ def _keep_last_positions(w: _Writer, hidden: str) -> str:
     """Slice the positions the lm_head sees to the last `num_logits_to_keep` ([1] int64; 0 = all positions).
 
     Generation needs the next-token logits of the last position only, and the lm_head (hidden × vocab, the
-    largest MatMul) over every prompt position was ~a fifth of SmolLM2's prefill FLOPs; fidelity, parity and
-    calibration feed 0 and get every position. A required input, not one with a default: onnxruntime cannot
-    IO-bind an overridable initializer (the shared-KV generation loop binds everything) and warns on every load."""
+    largest MatMul) over every prompt position was ~a fifth of SmolLM2's prefill FLOPs. An input with a default
+    of 0 (an overridable initializer), because onnxruntime-genai knows no such input and pre-allocates logits for
+    every prompt position. edgekit's generation feeds 1 for the prefill (through plain feeds: IO binding cannot
+    override an initializer); a decode step has one position either way."""
     from onnx import TensorProto
     from onnx.helper import make_tensor_value_info as vi
 
     w.inputs.append(vi(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
+    w.init_named(LOGITS_TO_KEEP, np.zeros(1, dtype=np.int64))
     starts = w.node("Neg", [LOGITS_TO_KEEP], "/logits_to_keep/Neg")
     ends = w.const("i64_max", np.asarray([np.iinfo(np.int64).max], dtype=np.int64))
     return w.node("Slice", [hidden, starts, ends, w.const("axis1", np.asarray([1], dtype=np.int64))], "/logits_to_keep/Slice")

@@ -37,6 +37,9 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Errors only: fused graphs carry one deliberate overridable initializer (num_logits_to_keep), which
+    # onnxruntime warns about on every load.
+    opts.log_severity_level = 3
     available = set(ort.get_available_providers())
     wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     disabled = list(CPU_DISABLED_OPTIMIZERS) if wanted == ["CPUExecutionProvider"] else []
@@ -78,7 +81,9 @@ class Decoder:
         meta = session.get_modelmeta().custom_metadata_map or {}
         # GroupQueryAttention graphs (edgekit.fused) can update one cache buffer in place: no copy per step.
         self.shared_kv = meta.get(KV_CACHE_KEY) == "shared-buffer" and bool(self.past) and bool(self.present)
-        self.keeps_last = LOGITS_TO_KEEP in self.input_names
+        overridable = {i.name for i in session.get_overridable_initializers()}
+        self.keeps_last = LOGITS_TO_KEEP in self.input_names or LOGITS_TO_KEEP in overridable
+        self.binds_keep_last = LOGITS_TO_KEEP in self.input_names  # graphs where it was a required input
 
     @property
     def with_past(self) -> bool:
@@ -177,19 +182,31 @@ class _SharedCache:
 
         self.session = decoder.session
         self.io = self.session.io_binding()
+        self.decoder = decoder
         self.io.bind_output("logits")  # first, so get_outputs()[0] is always the logits
+        self.buffers: dict[str, np.ndarray] = {}
         for name, shape, dtype in decoder.past:
-            buf = ort.OrtValue.ortvalue_from_numpy(np.zeros([1, shape[1], max_len, shape[3]], dtype=dtype))
+            self.buffers[name] = np.zeros([1, shape[1], max_len, shape[3]], dtype=dtype)
+            buf = ort.OrtValue.ortvalue_from_numpy(self.buffers[name])  # shares the array's memory on the CPU
             self.io.bind_ortvalue_input(name, buf)
             self.io.bind_ortvalue_output(decoder.present[name], buf)
         vocab = self.session.get_outputs()[0].shape[-1]
         self.step_logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, int(vocab)), dtype=np.float32))
         self.mask = np.ones((1, max_len), dtype=np.int64)
         self.length = 0
-        if decoder.keeps_last:  # bound once: every run of this binding wants the last position's logits only
+        if decoder.binds_keep_last:  # bound once: every run of this binding wants the last position's logits only
             self.io.bind_cpu_input(LOGITS_TO_KEEP, np.ones(1, dtype=np.int64))
+        # An overridable num_logits_to_keep (default 0, all positions) cannot be bound: the prefill goes through
+        # plain feeds instead, and its cache (prompt-long, a few MB) is copied once into the shared buffers.
+        self.prefill_by_feeds = decoder.keeps_last and not decoder.binds_keep_last
 
     def __call__(self, ids: list[int]) -> np.ndarray:
+        if self.prefill_by_feeds and self.length == 0 and len(ids) > 1:
+            logits, cache = self.decoder.forward(np.asarray([ids], dtype=np.int64), None, 0, last_only=True)
+            for name, arr in cache.items():
+                self.buffers[name][:, :, : arr.shape[2], :] = arr
+            self.length = len(ids)
+            return logits
         self.length += len(ids)
         if len(ids) == 1:  # decode steps reuse one logits buffer
             self.io.bind_ortvalue_output("logits", self.step_logits)

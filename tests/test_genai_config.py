@@ -92,15 +92,15 @@ def test_verify_fails_when_the_genai_config_disagrees_with_the_graph(fused_bundl
 
 
 def _add_input(path: Path, *, default: bool) -> None:
-    """A graph input GenAI does not know (like a new `num_logits_to_keep`), with or without a default value."""
+    """A graph input GenAI does not know (as `num_logits_to_keep` once was), with or without a default value."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
-    model.graph.input.append(helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, []))
+    model.graph.input.append(helper.make_tensor_value_info("extra_switch", TensorProto.INT64, []))
     if default:
-        model.graph.initializer.append(numpy_helper.from_array(np.asarray(0, dtype=np.int64), "num_logits_to_keep"))
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(0, dtype=np.int64), "extra_switch"))
     onnx.save_model(model, str(path))
 
 
@@ -108,7 +108,7 @@ def test_a_graph_input_genai_never_feeds_fails_verify_unless_it_has_a_default(fu
     bad = _copy_edited(fused_bundle, tmp_path / "bad", lambda p: _add_input(p, default=False), name="model.onnx")
     res = run_cli("verify", str(bad))
     assert res.returncode == 1, res.stderr
-    assert "graph input 'num_logits_to_keep' is required but the config never feeds it" in res.stderr
+    assert "graph input 'extra_switch' is required but the config never feeds it" in res.stderr
     # An overridable initializer is optional: GenAI may leave it out, so the bundle verifies.
     good = _copy_edited(fused_bundle, tmp_path / "good", lambda p: _add_input(p, default=True), name="model.onnx")
     assert run_cli("verify", str(good)).returncode == 0

@@ -65,7 +65,9 @@ def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None,
         feed["position_ids"] = np.arange(past_len, past_len + seq, dtype=np.int64)[None, :]
     if dec.with_past:
         feed.update(past if past is not None else dec._empty_past(batch))
-    if dec.keeps_last:  # every position's logits: calibrate the lm_head on what fidelity runs
+    # Every position's logits, to calibrate the lm_head on what fidelity runs: the graph's default (0) where it
+    # has one; quantizers that check feeds against the graph's inputs reject an overridable initializer.
+    if dec.binds_keep_last:
         feed[LOGITS_TO_KEEP] = np.zeros(1, dtype=np.int64)
     return feed
 
