@@ -36,7 +36,7 @@ def make_reference(source: Any, eval_data: Path | None, eval_tokens: int, *, top
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as measure_fidelity: the same numbers on any host
     try:
-        with progress.stage("bundle: reference data", total=len(wins)) as st, torch.inference_mode():
+        with progress.stage("reference data", total=len(wins)) as st, torch.inference_mode():
             for win in wins:
                 builder.add(win, model(torch.tensor([win], dtype=torch.long)).logits[0].float().numpy())
                 st.advance()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import edgekit
+from edgekit import progress
 from edgekit.device.root import EmulatorRoot, find_root, qemu_command, qemu_env
 from edgekit.errors import InputError, UnsupportedError
 
@@ -89,9 +90,11 @@ def emulated_check(folder: Path, *, cpu: str | None = None, reference: Path | No
     load_reference(folder, reference)  # no reference → one line, before minutes of emulation
     root = root or find_root()
     cpu = cpu or DEFAULT_CPU
-    host = bench_run(folder, reference=reference, windows=windows, prompts=prompts, greedy_tokens=greedy_tokens)
+    with progress.stage("target ISA: host kernels"):
+        host = bench_run(folder, reference=reference, windows=windows, prompts=prompts, greedy_tokens=greedy_tokens)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as scratch, \
+            progress.stage(f"target ISA: aarch64 {cpu} under qemu-user (minutes)"):
         out = Path(scratch) / "arm.json"
         run_emulated(root, cpu, _bench_args(folder, reference, out, windows, prompts, greedy_tokens), timeout_s)
         arm = json.loads(out.read_text())
