@@ -198,9 +198,7 @@ def prepare(path: Path | None = None, *, wheels: list[Path] | None = None, force
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
-    root = EmulatorRoot(path, qemu, info)
-    smoke(root)
-    return root
+    return EmulatorRoot(path, qemu, info)  # `python -m edgekit.device prepare` then smoke-tests it
 
 
 def smoke(root: EmulatorRoot, cpu: str = "cortex-a76") -> str:
