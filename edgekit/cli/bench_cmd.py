@@ -14,7 +14,8 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--source", "-s", "source_spec", default=None,
               help="The source model the variant came from (not with --on-device on a bundle: its reference data is used).")
-@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help="Profile name or YAML path.")
+@click.option("--profile", "-p", "profile_name", default="local", show_default=True,
+              help="Profile name or YAML path (--on-device on a bundle: default the bundle's own).")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out text (one item a line; 'label<TAB>text' for classification accuracy).")
 @click.option("--eval-tokens", type=click.IntRange(min=2), default=512, show_default=True,

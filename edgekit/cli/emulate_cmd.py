@@ -26,11 +26,14 @@ def emulate_bundle(bundle: Path, *, cpu: str | None, windows: int | None, prompt
     from edgekit.bundle import read_manifest, safe_extract
     from edgekit.device.emulate import DEFAULT_CPU, apply_target_isa, emulated_check
     from edgekit.device.root import find_root
+    from edgekit.errors import InputError
     from edgekit.ondevice import load_reference
 
     with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as scratch:
         folder = safe_extract(bundle, Path(scratch)) if bundle.is_file() else bundle
         manifest = read_manifest(folder)
+        if manifest.get("task") != "text-generation":
+            raise InputError(f"{bundle}: --emulate checks text-generation bundles (this one is {manifest.get('task')})")
         cpu = cpu or profile_cpu(manifest) or DEFAULT_CPU
         load_reference(folder)  # bad input is one line before anything else is said
         root = find_root()
