@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-all lint typecheck bench clean
+.PHONY: venv demo test test-all lint typecheck bench clean emulator
 
 venv: $(STAMP)
 
@@ -41,6 +41,13 @@ typecheck: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
+
+# The arm64 root for `edgekit verify BUNDLE --emulate` and ARM-profile builds: qemu-user >= 10 and mmdebstrap
+# (scripts/install-emulator-deps.sh, Debian), then a Debian arm64 userland + aarch64 onnxruntime/tokenizers wheels
+# in $EDGEKIT_CACHE/arm64-root (default ~/.cache/edgekit), made once; later runs only check it.
+emulator: venv
+	sh scripts/install-emulator-deps.sh
+	$(BIN)/python -m edgekit.device prepare
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

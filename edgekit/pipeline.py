@@ -151,7 +151,7 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
             stages.plan = _plan(method, opts.then)
             variant, model_source, extra = _make_variant(stages, source, method, target, work, opts)
-            report = stages.call("bench", lambda: _bench(variant, source, profile, opts))
+            report, extra_files = stages.call("bench", lambda: _bench_and_evidence(variant, source, profile, target, opts, work))
             report.update(extra)
             report["source"] = {**(report.get("source") or {}), "sanity": sanity}
             if "distill" in report:
@@ -161,7 +161,8 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             result = stages.call("gate", lambda: run_gate(report, profile))
             report["gate"] = result.to_dict()
             with stages.run("bundle"):
-                bundle = _write(variant, model_source, report, result, profile, target, method, out, opts, stages.records)
+                bundle = _write(variant, model_source, report, result, profile, target, method, out, opts, stages.records,
+                                extra_files)
         finally:
             if opts.keep_work:
                 log.info("intermediate folders kept in %s", work)
@@ -229,6 +230,28 @@ def _bench(variant: OnnxArtifact, source: Any, profile: Profile, opts: BuildOpti
     from edgekit.bench import bench
 
     return dict(bench(variant, source, profile, eval_data=opts.eval_data, **opts.bench))
+
+
+def _bench_and_evidence(variant: OnnxArtifact, source: Any, profile: Profile, target: Any, opts: BuildOptions,
+                        work: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """bench, then the reference data the bundle carries, then (arm64 targets) the emulated target-ISA check."""
+    report = _bench(variant, source, profile, opts)
+    files = _reference_files(source, report, work)
+    if files and target.arch == "arm64":
+        from edgekit.device.emulate import build_check
+
+        build_check(report, variant.path, files["reference.npz"], profile)
+    return report, files
+
+
+def _reference_files(source: Any, report: dict[str, Any], work: Path) -> dict[str, Path]:
+    """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used."""
+    from edgekit.bundle_reference import write_reference
+
+    ev = report.get("eval") or {}
+    data = None if ev.get("data") in (None, "builtin:eval") else Path(str(ev["data"]))
+    path = write_reference(source, data, int(ev.get("tokens") or 512), work / "reference.npz")
+    return {"reference.npz": path} if path else {}
 
 
 def _write(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], result: Any, profile: Profile,

@@ -111,7 +111,7 @@ class Decoder:
         if self.past:
             feeds.update(past if past is not None else self._empty_past(batch))
         outputs = self.session.run(None, feeds)
-        by_name = dict(zip(self.output_names, outputs, strict=True))
+        by_name = dict(zip(self.output_names, outputs))  # noqa: B905 (the device runner runs on Python 3.9+)
         cache = {p: by_name[o] for p, o in self.present.items()}
         return by_name["logits"], cache
 

@@ -187,6 +187,9 @@ class Profile(Spec):
     fidelity: FidelityFloors = FidelityFloors()
     regression: RegressionTolerance = RegressionTolerance()
     default_method: Method = "int8-weight"
+    # The device's CPU core as a qemu -cpu model, for emulated target-ISA runs (`verify --emulate`): int8 kernels
+    # differ by ISA feature (dotprod, i8mm, SVE), so `max` is not the device.
+    cpu_model: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")] | None = None
     # Encoders take dynamic int8 well while decoder LLMs collapse under it, so a profile may pick per task.
     default_method_by_task: dict[Task, Method] = Field(default_factory=dict)
 

@@ -220,18 +220,25 @@ def tokenize_documents(tokenizer: Any, documents: list[str], eval_tokens: int, s
     return out
 
 
-def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
-                    eval_tokens: int) -> dict[str, dict[str, Any]]:
-    import torch
-
-    from edgekit.runtime import Decoder
-
+def eval_windows(tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
+                 eval_tokens: int) -> list[tuple[int, list[int]]]:
+    """(document index, token window) pairs the causal fidelity reads; the bundle's reference data uses the same."""
     max_pos = int(config.get("max_position_embeddings") or config.get("n_positions") or WINDOW)
     size = window_size(eval_tokens, max_pos)
     docs = tokenize_documents(tokenizer, eval_documents(eval_data), eval_tokens, size)
     wins = document_windows(docs, size, eval_tokens)
     if not wins:
         raise InputError("no tokens to evaluate fidelity on; give --eval-data with more text")
+    return wins
+
+
+def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
+                    eval_tokens: int) -> dict[str, dict[str, Any]]:
+    import torch
+
+    from edgekit.runtime import Decoder
+
+    wins = eval_windows(tokenizer, config, eval_data, eval_tokens)
     decoder = Decoder(variant_session)
     parts = []
     with progress.stage("bench: fidelity", total=len(wins)) as st, torch.inference_mode():

@@ -13,8 +13,10 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--source", "-s", "source_spec", required=True, help="The source model the variant came from.")
-@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help="Profile name or YAML path.")
+@click.option("--source", "-s", "source_spec", default=None,
+              help="The source model the variant came from (not with --on-device on a bundle: its reference data is used).")
+@click.option("--profile", "-p", "profile_name", default="local", show_default=True,
+              help="Profile name or YAML path (--on-device on a bundle: default the bundle's own).")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out text (one item a line; 'label<TAB>text' for classification accuracy).")
 @click.option("--eval-tokens", type=click.IntRange(min=2), default=2048, show_default=True,
@@ -25,18 +27,26 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
               help="report.json path; report.md and report.png are written beside it.")
 @click.option("--decode-prompts", type=click.IntRange(min=0), default=8, show_default=True,
               help="Greedy continuations checked through the variant's KV cache (0: skip the decode-path check).")
-@click.option("--on-device", is_flag=True, help="This run is on the profile's device: no estimates.")
+@click.option("--on-device", is_flag=True, help="This run is on the profile's device: no estimates. On a bundle: "
+              "torch-free, fidelity vs the bundle's reference data.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the source to run.")
 @allow_implausible_option
 @common_options
-def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | None, eval_tokens: int, max_time: float,
-          out: Path | None, decode_prompts: int, on_device: bool, trust_remote_code: bool,
+def bench(model: Path, source_spec: str | None, profile_name: str, eval_data: Path | None, eval_tokens: int,
+          max_time: float, out: Path | None, decode_prompts: int, on_device: bool, trust_remote_code: bool,
           allow_implausible_source: bool, as_json: bool) -> None:
     """Measure MODEL (an edgekit export/compress folder) against SOURCE: speed, memory, fidelity with CIs."""
     from edgekit.artifact import OnnxArtifact
     from edgekit.bench import bench as run_bench
     from edgekit.bench import write_report
     from edgekit.catalog import load_profile
+    from edgekit.errors import InputError
+
+    if on_device and source_spec is None and (model / "edgekit.json").is_file():
+        _bench_bundle_on_device(model, profile_name, out, as_json)
+        return
+    if source_spec is None:
+        raise InputError("give --source (the model MODEL came from), or --on-device on a bundle")
     from edgekit.source import load_source
     from edgekit.source.integrity import check_source
 
@@ -72,7 +82,7 @@ def summary_table(report: dict[str, Any]) -> str:
                      _device_cell(d)))
     text = table(rows, ["performance", "variant", "p95", "source", "speedup", "device"])
     frows = [(name, m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
-             for name, m in fid.items()]
+             for name, m in fid.items() if isinstance(m, dict)]
     dec = report.get("decode") or {}
     frows += [(f"decode.{name}", m["value"], f"[{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]", m["n"], m.get("n_windows"))
               for name, m in (dec.get("metrics") or {}).items()]
@@ -84,3 +94,34 @@ def _device_cell(entry: dict[str, Any] | None) -> str | None:
         return None
     band = (entry.get("range") or {}).get("value")
     return f"{entry['value']:.4g} [{band[0]:.4g}, {band[1]:.4g}] est." if band else f"{entry['value']:.4g} est."
+
+
+def _bench_bundle_on_device(bundle: Path, profile_name: str, out: Path | None, as_json: bool) -> None:
+    """On the device: measured speed and RSS, fidelity vs the bundle's reference; no torch, no source."""
+    import json
+
+    from edgekit.ondevice import device_report
+
+    profile = None
+    if profile_name != "local":  # default: the profile the bundle was built for
+        from edgekit.catalog import load_profile
+
+        p = load_profile(profile_name)
+        profile = {"name": p.name, "target": p.target, "device": p.device.model_dump(), "workload": p.workload.model_dump()}
+    report = device_report(bundle, profile=profile)
+    if out is not None:
+        path = out if out.suffix == ".json" else out / "report.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+    if as_json:
+        emit_json(report)
+        return
+    perf, fid = report["performance"]["variant"], report["fidelity"]
+    rows = [(f"{k} ({v['unit']})", v["value"], v.get("p95")) for k, v in perf.items()]
+    echo(table(rows, ["measured on this device", "value", "p95"]))
+    frows = [(k, v["value"], f"[{v['ci95_low']:.4f}, {v['ci95_high']:.4f}]", v["n"]) for k, v in fid.items()
+             if isinstance(v, dict)]
+    echo("\n" + table(frows, ["fidelity vs shipped reference", "value", "95% CI", "n"]))
+    note(f"fidelity measured on: {fid['measured_on']}")
+    if out is not None:
+        note(f"wrote {path}")

@@ -14,12 +14,26 @@ from edgekit.cli.options import common_options, echo, emit_json, note
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--emulate", is_flag=True, help="Also run the bundle on the aarch64 kernels under qemu-user (`make emulator`) "
+              "and compare with this host's run.")
+@click.option("--cpu", default=None, help="qemu CPU model for --emulate (default: the profile's cpu_model).")
+@click.option("--windows", type=click.IntRange(1), default=None, help="With --emulate: reference windows to run (default all).")
+@click.option("--prompts", type=click.IntRange(0), default=3, show_default=True, help="With --emulate: greedy prompts.")
+@click.option("--greedy-tokens", type=click.IntRange(1), default=16, show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+              help="With --emulate: write the bundle's report.json with the target-ISA block here.")
 @common_options
-def verify(bundle: Path, as_json: bool) -> None:
+def verify(bundle: Path, emulate: bool, cpu: str | None, windows: int | None, prompts: int, greedy_tokens: int,
+           out: Path | None, as_json: bool) -> None:
     """Recompute every hash, check the manifest and run one inference; exit 1 names what is wrong."""
     from edgekit.bundle import verify_bundle
 
     result = verify_bundle(bundle)
+    if emulate:
+        from edgekit.cli.emulate_cmd import emulate_bundle
+
+        result["target_isa"] = emulate_bundle(bundle, cpu=cpu, windows=windows, prompts=prompts,
+                                              greedy_tokens=greedy_tokens, out=out, quiet=as_json)
     if as_json:
         emit_json(result)
     else:

@@ -1,0 +1,56 @@
+"""Build-time side of the reference data: run the PyTorch source on bench's eval windows and write
+`reference.npz` (format: edgekit.reference). The same tokens as the host fidelity: bench's `eval_windows`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import progress
+from edgekit import reference as refmod
+
+log = logging.getLogger(__name__)
+
+
+def eval_windows(source: Any, eval_data: Path | None, eval_tokens: int) -> list[list[int]]:
+    from edgekit.bench.fidelity import eval_windows as bench_windows
+
+    return [win for _, win in bench_windows(source.load_tokenizer(), source.config, eval_data, eval_tokens)]
+
+
+def make_reference(source: Any, eval_data: Path | None, eval_tokens: int, *, top_k: int = refmod.TOP_K) -> refmod.Reference:
+    """The source's next-token reference on the eval windows (text-generation sources only)."""
+    import torch
+
+    wins = eval_windows(source, eval_data, eval_tokens)
+    builder = refmod.ReferenceBuilder(top_k)
+    model = source.load_model()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as measure_fidelity: the same numbers on any host
+    try:
+        with progress.stage("reference data", total=len(wins)) as st, torch.inference_mode():
+            for win in wins:
+                builder.add(win, model(torch.tensor([win], dtype=torch.long)).logits[0].float().numpy())
+                st.advance()
+    finally:
+        torch.set_num_threads(threads)
+    ids = np.asarray([t for w in wins for t in w], dtype=np.int32)
+    meta = {"source_sha256": source.fingerprint.get("sha256"), "eval": {
+        "data": str(eval_data) if eval_data else "builtin:eval", "tokens": eval_tokens,
+        "ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}}
+    return builder.build(meta)
+
+
+def write_reference(source: Any, eval_data: Path | None, eval_tokens: int, dest: Path) -> Path | None:
+    """`dest` for a text-generation source; None (nothing to write) for encoders."""
+    if source.task != "text-generation":
+        return None
+    ref = make_reference(source, eval_data, eval_tokens)
+    refmod.save(ref, dest)
+    log.info("reference data: %d positions, top-%d, tail mass %.2g, %.2f MB", ref.positions, ref.meta["top_k"],
+             ref.meta["tail_mass_mean"], dest.stat().st_size / 1e6)
+    return dest
