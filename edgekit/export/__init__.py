@@ -93,14 +93,14 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
 
 
 def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> Any:
-    from edgekit.parity import check_parity
+    from edgekit.export.parity import check_parity
 
     return check_parity(source, model_file, model=model, tokenizer=tokenizer, stage=stage)
 
 
 def choose_writer(source: SourceModel, wanted: str) -> str:
     """"fused" or "optimum" for this source; asking for "fused" where it cannot be written is an error."""
-    from edgekit import fused
+    from edgekit.export import fused
 
     if wanted == "optimum" or source.task != "text-generation":
         if wanted == "fused":
@@ -116,7 +116,7 @@ def choose_writer(source: SourceModel, wanted: str) -> str:
 
 
 def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int) -> dict[str, Any]:
-    from edgekit import fused
+    from edgekit.export import fused
 
     raw.mkdir(parents=True)
     info = fused.write(model, raw / MODEL_FILE, opset=opset)
