@@ -209,7 +209,7 @@ def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: 
     extra: dict[str, Any] = {}
     model_source = source
     if method == "distill":
-        from edgekit.compress.distill import DistillSpec, distill
+        from edgekit.distill import DistillSpec, distill
 
         spec = DistillSpec(**opts.distill)
         model_source = stages.call("distill", lambda: distill(source, spec, work / "student"))

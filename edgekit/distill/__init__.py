@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from edgekit import progress
-from edgekit.compress import distill_loop as loop
+from edgekit.distill import loop
 from edgekit.errors import InputError, UnsupportedError
 from edgekit.source import SourceModel, load_source
 from edgekit.specs import Fraction, PositiveFloat, PositiveInt, Spec
@@ -70,7 +70,7 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
     out = Path(out)
     if source.format != "hf":
         raise UnsupportedError(f"{source.spec} is an ONNX model; distillation needs a PyTorch (HF) source")
-    from edgekit.compress.student import build_student, plan_student
+    from edgekit.distill.student import build_student, plan_student
 
     # The schedule counts optimizer steps; accelerate would otherwise step it once per process.
     # cpu=True without a GPU so processes started by `accelerate launch`/torchrun join one gloo group.
@@ -118,7 +118,7 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
 def _record(source: SourceModel, spec: DistillSpec, plan: Any, model: Any, teacher: Any, state: Any,
             accelerator: Any, start_step: int, run: dict[str, Any]) -> dict[str, Any]:
     """distill.json: provenance, student shape, losses, speed and the held-out metric before/after."""
-    from edgekit.compress.student import parameter_count
+    from edgekit.distill.student import parameter_count
 
     losses, before, after, started = run["losses"], run["before"], run["after"], run["started"]
     record = {

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edgekit.errors import InputError
 
 if TYPE_CHECKING:
-    from edgekit.compress.distill import DistillSpec
+    from edgekit.distill import DistillSpec
     from edgekit.progress import Stage
 
 log = logging.getLogger(__name__)
