@@ -10,7 +10,7 @@ import pytest
 from edgekit.catalog import load_target
 from edgekit.export import export
 from edgekit.source import load_source
-from tests.test_bundle import make_bundle
+from tests.bundle.test_bundle import make_bundle
 
 # Runs `edgekit run` in-process, then reports which heavy frameworks were imported along the way.
 PROBE = """

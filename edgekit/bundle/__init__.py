@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
-from edgekit.archive import safe_extract, write_archive
+from edgekit.bundle.archive import safe_extract, write_archive
 from edgekit.errors import BundleError, InputError, VerifyFailed
 
 log = logging.getLogger(__name__)
