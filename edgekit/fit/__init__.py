@@ -345,7 +345,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
 
     from edgekit.catalog import check_method, load_target
     from edgekit.export import export
-    from edgekit.fit_report import write_fit_files
+    from edgekit.fit.report import write_fit_files
     from edgekit.pipeline import BuildOptions, _write, check_text_files, checked_source
     from edgekit.util import exclusive
 
