@@ -64,7 +64,7 @@ def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None,
     if "position_ids" in dec.input_names:
         feed["position_ids"] = np.arange(past_len, past_len + seq, dtype=np.int64)[None, :]
     if dec.with_past:
-        feed.update(past if past is not None else dec._empty_past(batch))
+        feed.update(past if past is not None else dec.empty_past(batch))
     if dec.keeps_last:  # every position's logits: calibrate the lm_head on what fidelity runs
         feed[LOGITS_TO_KEEP] = np.zeros(1, dtype=np.int64)
     return feed

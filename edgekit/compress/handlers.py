@@ -45,7 +45,8 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _save(model: Any, path: Path) -> Path:
+def save_model(model: Any, path: Path) -> Path:
+    """Save an onnx ModelProto, with external data past protobuf's 2 GB limit."""
     import onnx
 
     big = model.ByteSize() > 1_500_000_000 if model.ByteSize() >= 0 else True
@@ -172,7 +173,7 @@ def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src, dst = _save(model, plan.work / "dyn_in.onnx"), plan.work / "dyn_out.onnx"
+    src, dst = save_model(model, plan.work / "dyn_in.onnx"), plan.work / "dyn_out.onnx"
     with _cwd(plan.work):
         quantize_dynamic(src, dst, op_types_to_quantize=list(spec.op_types), per_channel=spec.per_channel,
                          reduce_range=spec.reduce_range, weight_type=_qtype(QuantType, spec.weight_type),
@@ -189,7 +190,7 @@ def static_int8(spec: StaticInt8Spec, model: Any, plan: Plan) -> Any:
 
     if not plan.feeds:
         raise CompressError("int8-static needs calibration text and got none")
-    src, pre, dst = _save(model, plan.work / "st_in.onnx"), plan.work / "st_pre.onnx", plan.work / "st_out.onnx"
+    src, pre, dst = save_model(model, plan.work / "st_in.onnx"), plan.work / "st_pre.onnx", plan.work / "st_out.onnx"
     with _cwd(plan.work):
         pre = _preprocess(src, pre, plan)
         quantize_static(str(pre), str(dst), make_reader(plan.feeds), quant_format=QuantFormat.QDQ,

@@ -67,12 +67,12 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
 
 
 def _base_record(artifact: OnnxArtifact, spec: MethodSpec, target: Target) -> dict[str, Any]:
-    from edgekit.export import _versions
+    from edgekit.export import versions
 
     meta = artifact.meta
     return {"schema": SCHEMA, "task": artifact.task, "method": spec.method, "target": target.name,
             "source": meta.get("source"), "settings": spec.settings(), "timings_s": {}, "warnings": [],
-            "versions": _versions(), "export": meta}
+            "versions": versions(), "export": meta}
 
 
 def _calibration(artifact: OnnxArtifact, parent: Any, path: Path | str | None, n: int,
@@ -121,9 +121,9 @@ def _quantize_checked(spec: MethodSpec, artifact: OnnxArtifact, plan: Plan, pare
     record["timings_s"]["quantize"] = round(record["timings_s"].get("quantize", 0) + time.perf_counter() - t, 2)
     for stale in tmp.glob(MODEL_FILE + "*"):
         stale.unlink()
-    from edgekit.compress.handlers import _save
+    from edgekit.compress.handlers import save_model
 
-    _save(variant, tmp / MODEL_FILE)
+    save_model(variant, tmp / MODEL_FILE)
     try:
         session = make_session(tmp / MODEL_FILE)
     except Exception as exc:
@@ -179,7 +179,7 @@ def _finish(record: dict[str, Any], base: Any, variant: Any, plan: Plan, spec: M
             parent: Any, feeds: list[dict[str, Any]], tmp: Path, artifact: OnnxArtifact, t0: float) -> None:
     import onnx
 
-    from edgekit.export import _io_signature
+    from edgekit.export import io_signature
 
     if variant is None:  # the fallback loop was not needed: the first variant is on disk already
         variant = onnx.load(str(tmp / MODEL_FILE))
@@ -200,7 +200,7 @@ def _finish(record: dict[str, Any], base: Any, variant: Any, plan: Plan, spec: M
     record["warnings"] += plan.notes
     for side in artifact.side_files():
         shutil.copy2(side, tmp / side.name)
-    record["io"] = _io_signature(tmp / MODEL_FILE)
+    record["io"] = io_signature(tmp / MODEL_FILE)
     record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
     before = artifact.size_mb
     after = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*")) / 1e6

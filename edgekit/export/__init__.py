@@ -47,7 +47,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     writer = choose_writer(source, graph or target.export.graph)
     record: dict[str, Any] = {
         "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
-        "source": source.fingerprint, "timings_s": {}, "versions": _versions(), "graph": {"writer": writer},
+        "source": source.fingerprint, "timings_s": {}, "versions": versions(), "graph": {"writer": writer},
     }
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
@@ -229,14 +229,14 @@ def _finalize(chosen: Path, raw: Path, tmp: Path, record: dict[str, Any]) -> Non
     for name in SIDE_FILES:
         if (raw / name).is_file():
             shutil.copy2(raw / name, tmp / name)
-    record["io"] = _io_signature(tmp / MODEL_FILE)
+    record["io"] = io_signature(tmp / MODEL_FILE)
     record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
     record["size_mb"] = round(sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*")) / 1e6, 3)
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(tmp / "opt", ignore_errors=True)
 
 
-def _io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
+def io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
     import onnx
 
     try:
@@ -264,14 +264,15 @@ def _adopt_onnx(source: SourceModel, target: Target, out: Path) -> OnnxArtifact:
                 shutil.copy2(path, tmp / path.name)
         record: dict[str, Any] = {
             "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
-            "source": source.fingerprint, "adopted": True, "io": _io_signature(tmp / MODEL_FILE), "versions": _versions(),
+            "source": source.fingerprint, "adopted": True, "io": io_signature(tmp / MODEL_FILE), "versions": versions(),
         }
         record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
     return OnnxArtifact.load(out)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions of edgekit and the libraries that shape a graph, for export.json and compress.json."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"edgekit": __version__}

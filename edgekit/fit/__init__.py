@@ -346,7 +346,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
     from edgekit.catalog import check_method, load_target
     from edgekit.export import export
     from edgekit.fit.report import write_fit_files
-    from edgekit.pipeline import BuildOptions, _write, check_text_files, checked_source
+    from edgekit.pipeline import BuildOptions, BundleJob, check_text_files, checked_source, write_outputs
     from edgekit.util import exclusive
 
     out = Path(out)
@@ -380,9 +380,9 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
                 files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
                 report = {**pick.report, "gate": pick.gate.to_dict()}
                 report["source"] = {**(report.get("source") or {}), "sanity": sanity}
-                bundle = _write(OnnxArtifact.load(pick.folder), source, report, pick.gate, profile, target,
-                                pick.candidate.method, out, BuildOptions(command=command, calibration=calibration), [],
-                                extra_files=files)
+                job = BundleJob(OnnxArtifact.load(pick.folder), report, pick.gate, profile, target,
+                                pick.candidate.method, extra_files=files)
+                bundle = write_outputs(job, out, BuildOptions(command=command, calibration=calibration))
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return FitResult(outcomes, chosen, nearest, bundle)

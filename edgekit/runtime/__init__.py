@@ -84,7 +84,7 @@ class Decoder:
     def with_past(self) -> bool:
         return bool(self.past)
 
-    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         feeds = {}
         for name, shape, dtype in self.past:
             dims = [batch if i == 0 else (0 if not isinstance(d, int) else d) for i, d in enumerate(shape)]
@@ -104,7 +104,7 @@ class Decoder:
         if "position_ids" in self.input_names:
             feeds["position_ids"] = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy()
         if self.past:
-            feeds.update(past if past is not None else self._empty_past(batch))
+            feeds.update(past if past is not None else self.empty_past(batch))
         outputs = self.session.run(None, feeds)
         by_name = dict(zip(self.output_names, outputs, strict=True))
         cache = {p: by_name[o] for p, o in self.present.items()}

@@ -117,7 +117,7 @@ def _assert_embedding_close(parent: OnnxArtifact, out: OnnxArtifact, name: str, 
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
         sess = ort.InferenceSession(model.SerializeToString())
         dec = Decoder(sess)
-        feeds = {"input_ids": np.arange(20, dtype=np.int64)[None, :], **dec._empty_past(1)}
+        feeds = {"input_ids": np.arange(20, dtype=np.int64)[None, :], **dec.empty_past(1)}
         if dec.keeps_last:  # fused graphs since issue 18: how many positions get logits (0 = all)
             feeds["num_logits_to_keep"] = np.zeros(1, dtype=np.int64)
         feeds["attention_mask"] = np.ones((1, 20), dtype=np.int64)
