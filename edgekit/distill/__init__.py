@@ -36,7 +36,7 @@ class DistillSpec(Spec):
     student_layers: PositiveInt | None = None  # evenly spaced, first and last kept; default: half
     keep_every: Annotated[int, Field(ge=2)] | None = None
     width_ratio: Fraction = 1.0  # MLP intermediate size kept (weight-magnitude importance)
-    data: tuple[Path, ...] = ()  # text files, one sample per line; default: the built-in corpus's calibration half
+    data: Annotated[tuple[Path, ...], Field(strict=False)] = ()  # text files (YAML gives strings), one sample per line; default: the built-in corpus's calibration half
     steps: PositiveInt = 200
     batch_size: PositiveInt = 4
     seq_len: Annotated[int, Field(ge=8, le=8192)] = 128
