@@ -204,4 +204,5 @@ class Profile(Spec):
         return self
 
     def method_for(self, task: str) -> str:
-        return self.default_method_by_task.get(task, self.default_method)  # type: ignore[call-overload]
+        method: str = self.default_method_by_task.get(task, self.default_method)  # type: ignore[call-overload]
+        return method

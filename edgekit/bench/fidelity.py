@@ -36,7 +36,8 @@ ENCODER_MAX_TOKENS = 128
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    out: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return out
 
 
 @dataclass
@@ -152,7 +153,8 @@ def _ratio(a: float, b: float) -> float:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
-    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+    out: np.ndarray = x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+    return out
 
 
 # ---------------------------------------------------------------- real models

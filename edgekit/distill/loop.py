@@ -61,7 +61,9 @@ def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
 
 def train_samples(task: str, tokenizer: Any, spec: DistillSpec) -> dict[str, Any]:
     texts = _texts(spec)
-    return _pack(tokenizer, texts, spec.seq_len) if task == "text-generation" else _encode(tokenizer, texts, spec.seq_len)
+    batch: dict[str, Any] = (_pack(tokenizer, texts, spec.seq_len) if task == "text-generation"
+                             else _encode(tokenizer, texts, spec.seq_len))
+    return batch
 
 
 def eval_batch(task: str, tokenizer: Any, n_tokens: int, seq_len: int) -> dict[str, Any]:
@@ -73,7 +75,8 @@ def eval_batch(task: str, tokenizer: Any, n_tokens: int, seq_len: int) -> dict[s
         packed = _pack(tokenizer, texts, seq_len)
         rows = max(1, n_tokens // seq_len)
         return {"input_ids": packed["input_ids"][:rows]}
-    return _encode(tokenizer, texts[: max(8, n_tokens // seq_len)], seq_len)
+    batch: dict[str, Any] = _encode(tokenizer, texts[: max(8, n_tokens // seq_len)], seq_len)
+    return batch
 
 
 class Batches:

@@ -114,7 +114,8 @@ class Decoder:
         """Full-sequence logits [seq, vocab] of one sequence, no cache (fidelity windows)."""
         arr = np.asarray(ids, dtype=np.int64)[None, :]
         logits, _ = self.forward(arr, None, 0)
-        return logits[0].astype(np.float32)
+        last: np.ndarray = logits[0].astype(np.float32)
+        return last
 
     def tokens(self, prompt: list[int], max_new_tokens: int, *, eos: set[int] | None = None, temperature: float = 0.0,
                top_k: int = 0, seed: int = 0) -> Iterator[int]:
@@ -225,7 +226,7 @@ class Encoder:
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        out = self.session.run(None, feeds)[0].astype(np.float32)
+        out: np.ndarray = self.session.run(None, feeds)[0].astype(np.float32)
         if self.task == "text-classification":
             return out
         return pool(out, mask)
@@ -238,7 +239,8 @@ def pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     else:
         m = mask[..., None].astype(np.float32)
         pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
-    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    unit: np.ndarray = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return unit
 
 
 class Model:

@@ -91,7 +91,8 @@ class SourceModel:
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        return AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+            self.path, trust_remote_code=self.trust_remote_code)
 
     def load_model(self) -> Any:
         """The PyTorch model in fp32 eval mode, with the auto class for its task."""
@@ -312,7 +313,7 @@ def _save_gguf_tokenizer(vocab: Any, path: Path, folder: Path) -> str:
         log.warning("%s: %s; using transformers' tokenizer conversion, unchecked", path.name, exc.message)
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)  # type: ignore[no-untyped-call]
     return "transformers GGUF conversion"
 
 

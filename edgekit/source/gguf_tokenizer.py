@@ -59,7 +59,7 @@ def build_tokenizer(vocab: GGUFVocab) -> Any:
     else:
         regexes = pre_tokenizer_regexes(vocab.pre)
         merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
-        tok = Tokenizer(BPE(ids, merges, ignore_merges=vocab.pre in IGNORE_MERGES))  # type: ignore[arg-type]
+        tok = Tokenizer(BPE(ids, merges, ignore_merges=vocab.pre in IGNORE_MERGES))
         from tokenizers import Regex
 
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
@@ -99,7 +99,7 @@ def save_tokenizer(vocab: GGUFVocab, folder: Path) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     named = {f"{k}_token": vocab.tokens[i] for k, i in vocab.special_ids.items()}
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=build_tokenizer(vocab), clean_up_tokenization_spaces=False, **named
     )
     if vocab.chat_template:
