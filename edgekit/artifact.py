@@ -78,7 +78,7 @@ class OnnxArtifact:
                 break
         task = meta.get("task")
         if task is None:
-            from edgekit.source import detect_task
+            from edgekit.specs import detect_task
 
             cfg = folder / "config.json"
             if not cfg.is_file():

@@ -6,27 +6,38 @@ never a silently ignored rule. Loading from files (and naming the file in errors
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# The compression methods edgekit knows, in order of increasing compression; see design.md.
-METHODS: tuple[str, ...] = (
-    "fp32",
-    "fp16",
-    "int8-weight",
-    "int8-dynamic",
-    "int8-static",
-    "int4-rtn",
-    "int4-hqq",
-    "int4-gptq",
-    "distill",
-)
+from edgekit.errors import UnsupportedError
+
+# The one list of methods and tasks: everything else (CLI choices, quantization methods, bundle checks) derives
+# from these two types. Methods in order of increasing compression; see design.md.
 Method = Literal[
     "fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq", "int4-gptq", "distill"
 ]
-TASKS: tuple[str, ...] = ("text-generation", "text-classification", "feature-extraction")
 Task = Literal["text-generation", "text-classification", "feature-extraction"]
+METHODS: tuple[str, ...] = get_args(Method)
+TASKS: tuple[str, ...] = get_args(Task)
+# What compress/ implements: every method but the unquantized export and distillation (its own stage).
+QUANT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("fp32", "distill"))
+
+
+def detect_task(config: dict[str, Any]) -> str:
+    """The task of an HF config.json, from its architecture; the one detection (source, artifact and runtime)."""
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else ""
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return "text-generation"
+    if arch.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if arch.endswith("Model") or config.get("model_type") == "bert":
+        return "feature-extraction"
+    raise UnsupportedError(
+        f"cannot tell the task of architecture '{arch or config.get('model_type')}'; pass --task "
+        "(text-generation, text-classification or feature-extraction)"
+    )
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]

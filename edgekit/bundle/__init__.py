@@ -20,12 +20,12 @@ from typing import Any
 from edgekit import __version__
 from edgekit.bundle.archive import safe_extract, write_archive
 from edgekit.errors import BundleError, InputError, VerifyFailed
+from edgekit.specs import TASKS
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "edgekit.json"
 SCHEMA = "edgekit/bundle@1"
-TASKS = ("text-generation", "text-classification", "feature-extraction")
 __all__ = ["BundleWriter", "State", "safe_extract", "verify_bundle", "write_archive", "write_bundle"]
 
 

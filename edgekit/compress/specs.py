@@ -11,11 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import ConfigError, UnsupportedError
-from edgekit.specs import Target
-
-QUANT_METHODS: tuple[str, ...] = (
-    "fp16", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq", "int4-gptq",
-)
+from edgekit.specs import QUANT_METHODS, Target
 
 
 class MethodSpec(BaseModel):

@@ -251,7 +251,7 @@ class Model:
         record = _json(self.folder / "edgekit.json") or _json(self.folder / "compress.json") or _json(self.folder / "export.json")
         self.config = _json(self.folder / "config.json")
         self.generation_config = _json(self.folder / "generation_config.json")
-        self.task = str(record.get("task") or _task_from_config(self.config))
+        self.task = str(record.get("task") or _task_from_config(self.config))  # records always name it
         self.session = make_session(self.folder / "model.onnx", threads=threads, providers=providers)
         self.tokenizer = load_tokenizer(self.folder)
         _check_tokenizer(self.folder, record)
@@ -317,9 +317,7 @@ def _check_tokenizer(folder: Path, record: dict[str, Any]) -> None:
 
 
 def _task_from_config(config: dict[str, Any]) -> str:
-    arch = (config.get("architectures") or [""])[0]
-    if arch.endswith(("ForCausalLM", "LMHeadModel")):
-        return "text-generation"
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    return "feature-extraction"
+    # Only for a folder whose record has no task: the one detection, imported here to keep the runtime light.
+    from edgekit.specs import detect_task
+
+    return detect_task(config)

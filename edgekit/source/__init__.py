@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import InputError, UnsupportedError
+from edgekit.specs import detect_task as detect_task  # re-exported: its home is specs (one detection)
 from edgekit.util import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
@@ -338,21 +339,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{cfg_path}: invalid JSON ({exc})") from exc
     return config
-
-
-def detect_task(config: dict[str, Any]) -> str:
-    archs = config.get("architectures") or []
-    arch = archs[0] if archs else ""
-    if arch.endswith(("ForCausalLM", "LMHeadModel")):
-        return "text-generation"
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if arch.endswith("Model") or config.get("model_type") == "bert":
-        return "feature-extraction"
-    raise UnsupportedError(
-        f"cannot tell the task of architecture '{arch or config.get('model_type')}'; pass --task "
-        "(text-generation, text-classification or feature-extraction)"
-    )
 
 
 def _hf_source(spec: str, folder: Path, task: str | None, trust_remote_code: bool) -> SourceModel:
