@@ -24,9 +24,14 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import SourceCheckFailed, UnsupportedError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from edgekit.source.gguf_vocab import GGUFVocab
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,6 @@ def tokenizer_equivalence(
     from tokenizers import Tokenizer
 
     from edgekit.source.gguf_vocab import read_gguf_vocab
-    from edgekit.source.reference import ReferenceTokenizer
 
     vocab = read_gguf_vocab(gguf)
     tok = Tokenizer.from_file(str(tokenizer_json))
@@ -138,29 +142,31 @@ def tokenizer_equivalence(
             ", ".join(bad_specials),
         )
     )
+    checks.append(_probe_check(vocab, tok, probes))
+    return checks
+
+
+def _probe_check(vocab: GGUFVocab, tok: Tokenizer, probes: tuple[str, ...] | list[str]) -> Check:
+    """The converted tokenizer against llama.cpp's algorithm (edgekit.source.reference) on probe texts."""
+    from edgekit.source.reference import ReferenceTokenizer
+
     try:
         ref = ReferenceTokenizer(vocab)
     except UnsupportedError as exc:
-        checks.append(
-            Check("tokenizer.probes", False, "no reference", "a reference tokenization", exc.message)
-        )
-        return checks
+        return Check("tokenizer.probes", False, "no reference", "a reference tokenization", exc.message)
     same, first = 0, ""
     for text in probes:
         want, got = ref.encode(text), tok.encode(text, add_special_tokens=False).ids
         same += want == got
         if want != got and not first:
             first = f"{text[:40]!r}: reference {want[:8]} vs converted {got[:8]}"
-    checks.append(
-        Check(
-            "tokenizer.probes",
-            same == len(probes),
-            f"{same}/{len(probes)} identical",
-            f"{len(probes)}/{len(probes)} identical to llama.cpp's algorithm",
-            first,
-        )
+    return Check(
+        "tokenizer.probes",
+        same == len(probes),
+        f"{same}/{len(probes)} identical",
+        f"{len(probes)}/{len(probes)} identical to llama.cpp's algorithm",
+        first,
     )
-    return checks
 
 
 # ---------------------------------------------------------------- sanity (every source)
