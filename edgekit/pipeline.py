@@ -24,6 +24,8 @@ from edgekit.specs import Profile, Target
 
 if TYPE_CHECKING:
     from edgekit.gate import GateResult
+    from edgekit.source import SourceModel
+    from edgekit.specs import Target
 from edgekit.util import exclusive, is_user_os_error, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -205,7 +207,7 @@ def retention(report: dict[str, Any]) -> dict[str, float | None]:
             "agreement_retention": top1}
 
 
-def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: Path,
+def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Target, work: Path,
                   opts: BuildOptions) -> tuple[OnnxArtifact, Any, dict[str, Any]]:
     """Export (a distilled student first, when asked) and compress; returns the variant and what it came from."""
     from edgekit.export import export
@@ -229,7 +231,7 @@ def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: 
     return variant, model_source, extra
 
 
-def _bench(variant: OnnxArtifact, source: Any, profile: Profile, opts: BuildOptions) -> dict[str, Any]:
+def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: BuildOptions) -> dict[str, Any]:
     from edgekit.bench import bench
 
     return dict(bench(variant, source, profile, eval_data=opts.eval_data, **opts.bench))

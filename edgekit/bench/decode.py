@@ -12,12 +12,17 @@ Prompts are independent, so intervals resample whole prompts (`n_windows` = prom
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit import progress
 from edgekit.bench.fidelity import CausalStats, causal_stats, eval_documents, metric
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+    from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,7 @@ def summarize_decode(matched: list[int], new_tokens: int, steps: list[CausalStat
 
 
 def decode_check(
-    variant_session: Any,
+    variant_session: InferenceSession,
     model: Any,
     tokenizer: Any,
     eval_data: Any,
@@ -143,8 +148,8 @@ def decode_check(
 
 
 def measure_decode(
-    variant_session: Any,
-    source: Any,
+    variant_session: InferenceSession,
+    source: SourceModel,
     eval_data: Any,
     prompts: int = DEFAULT_PROMPTS,
     new_tokens: int = DEFAULT_NEW_TOKENS,

@@ -17,12 +17,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit import progress
 from edgekit.errors import InputError
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+    from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +227,7 @@ def tokenize_documents(tokenizer: Any, documents: list[str], eval_tokens: int, s
     return out
 
 
-def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
+def causal_fidelity(variant_session: InferenceSession, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
                     eval_tokens: int) -> dict[str, dict[str, Any]]:
     import torch
 
@@ -267,7 +272,7 @@ def encoder_texts(eval_data: Path | None, eval_tokens: int, task: str) -> tuple[
     return lines, labels
 
 
-def encoder_fidelity(variant_session: Any, model: Any, tokenizer: Any, task: str, config: dict[str, Any],
+def encoder_fidelity(variant_session: InferenceSession, model: Any, tokenizer: Any, task: str, config: dict[str, Any],
                      eval_data: Path | None, eval_tokens: int) -> dict[str, dict[str, Any]]:
     import torch
 
@@ -308,7 +313,7 @@ def _label_ids(names: list[str], id2label: dict[Any, Any]) -> np.ndarray:
     return np.asarray(out)
 
 
-def measure_fidelity(variant_session: Any, source: Any, eval_data: Path | None, eval_tokens: int) -> dict[str, Any]:
+def measure_fidelity(variant_session: InferenceSession, source: SourceModel, eval_data: Path | None, eval_tokens: int) -> dict[str, Any]:
     """Run source (PyTorch fp32) and variant (ONNX) on the same tokens; returns fidelity metrics."""
     import torch
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.runtime import LOGITS_TO_KEEP
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def token_sequences(folder: Path, texts: list[str], n: int, max_tokens: int = MA
     return seqs
 
 
-def decoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
+def decoder_feeds(session: InferenceSession, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
     """Prefill feeds (empty cache) and decode-step feeds (real cache from `session`, an fp32 decoder)."""
     from edgekit.runtime import Decoder
 
@@ -70,7 +73,7 @@ def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None,
     return feed
 
 
-def encoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
+def encoder_feeds(session: InferenceSession, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
     names = {i.name for i in session.get_inputs()}
     feeds = []
     for seq in seqs:
@@ -82,7 +85,7 @@ def encoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndar
     return feeds
 
 
-def model_feeds(session: Any, task: str, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
+def model_feeds(session: InferenceSession, task: str, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
     return decoder_feeds(session, seqs) if task == "text-generation" else encoder_feeds(session, seqs)
 
 

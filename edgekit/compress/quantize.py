@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import progress
 from edgekit.artifact import MODEL_FILE, OnnxArtifact
@@ -24,6 +24,9 @@ from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
 from edgekit.errors import InputError, UnsupportedError
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def _base_record(artifact: OnnxArtifact, spec: MethodSpec, target: Target) -> di
             "versions": versions(), "export": meta}
 
 
-def _calibration(artifact: OnnxArtifact, parent: Any, path: Path | str | None, n: int,
+def _calibration(artifact: OnnxArtifact, parent: InferenceSession, path: Path | str | None, n: int,
                  record: dict[str, Any]) -> tuple[list[list[int]], list[dict[str, Any]]]:
     from edgekit.compress.calibration import model_feeds, token_sequences
     from edgekit.data import load_texts

@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 KV_CACHE_KEY = "edgekit.kv_cache"  # model metadata: "shared-buffer" where the graph supports it
@@ -63,7 +66,7 @@ class GenerationResult:
 class Decoder:
     """A causal LM session with KV cache: prefill once, then one token per step."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: InferenceSession) -> None:
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_names = set(inputs)
@@ -217,7 +220,7 @@ def _pick(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Gen
 class Encoder:
     """Feature extraction (mean-pooled, L2-normalised, like sentence-transformers) or classification."""
 
-    def __init__(self, session: Any, task: str) -> None:
+    def __init__(self, session: InferenceSession, task: str) -> None:
         self.session = session
         self.task = task
         self.input_names = {i.name for i in session.get_inputs()}

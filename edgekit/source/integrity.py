@@ -31,6 +31,7 @@ from edgekit.errors import SourceCheckFailed, UnsupportedError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from edgekit.source import SourceModel
     from edgekit.source.gguf_vocab import GGUFVocab
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def bits_per_byte(model: Any, tokenizer: Any, ids: list[int], window: int) -> tu
     return math.exp(nll / scored), nll / math.log(2) / max(nbytes, 1), scored
 
 
-def sanity(source: Any, texts: list[str], *, eval_tokens: int = 512) -> tuple[list[Check], dict[str, Any]]:
+def sanity(source: SourceModel, texts: list[str], *, eval_tokens: int = 512) -> tuple[list[Check], dict[str, Any]]:
     """Round trip, bytes per token and (language models) bits per byte vs the text's byte entropy."""
     try:
         tokenizer = source.load_tokenizer()
@@ -287,7 +288,7 @@ def sanity(source: Any, texts: list[str], *, eval_tokens: int = 512) -> tuple[li
 
 
 def check_source(
-    source: Any,
+    source: SourceModel,
     *,
     eval_data: Path | None = None,
     allow_implausible: bool = False,
