@@ -21,6 +21,8 @@ from edgekit.bench.fidelity import CausalStats, causal_stats, eval_documents, me
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
 
     from edgekit.source import SourceModel
 
@@ -31,7 +33,7 @@ DEFAULT_PROMPT_TOKENS = 32
 DEFAULT_NEW_TOKENS = 32
 
 
-def decode_prompts(tokenizer: Any, eval_data: Any, n: int, length: int) -> list[list[int]]:
+def decode_prompts(tokenizer: PreTrainedTokenizerBase, eval_data: Any, n: int, length: int) -> list[list[int]]:
     """The first `length` tokens of the first `n` documents long enough to give them."""
     out: list[list[int]] = []
     for doc in eval_documents(eval_data):
@@ -43,7 +45,7 @@ def decode_prompts(tokenizer: Any, eval_data: Any, n: int, length: int) -> list[
     return out
 
 
-def source_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+def source_greedy(model: Module, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
     """Greedy tokens and the logits each was picked from ([new_tokens, vocab]), through the model's KV cache."""
     import torch
 
@@ -102,8 +104,8 @@ def summarize_decode(matched: list[int], new_tokens: int, steps: list[CausalStat
 
 def decode_check(
     variant_session: InferenceSession,
-    model: Any,
-    tokenizer: Any,
+    model: Module,
+    tokenizer: PreTrainedTokenizerBase,
     eval_data: Any,
     *,
     prompts: int = DEFAULT_PROMPTS,

@@ -11,12 +11,15 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.compress.specs import DynamicInt8Spec, Fp16Spec, MethodSpec, StaticInt8Spec, WeightOnlySpec
 from edgekit.errors import CompressError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def save_model(model: Any, path: Path) -> Path:
+def save_model(model: ModelProto, path: Path) -> Path:
     """Save an onnx ModelProto, with external data past protobuf's 2 GB limit."""
     import onnx
 
@@ -55,7 +58,7 @@ def save_model(model: Any, path: Path) -> Path:
     return path
 
 
-def _nbits(model: Any, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> Any:
+def _nbits(model: ModelProto, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     class Quantizer(MatMulNBitsQuantizer):  # type: ignore[misc]
@@ -73,7 +76,7 @@ def _nbits(model: Any, algo_config: Any, spec: WeightOnlySpec, exclude: set[str]
     return q.model.model
 
 
-def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
+def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> Any:
     """MatMulNBits for every weight MatMul; the lm_head at `lm_head_bits`; the embedding Gather at `embed_bits`."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -117,7 +120,7 @@ def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
     return model
 
 
-def _embedding(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
+def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> Any:
     """The token-embedding Gather as GatherBlockQuantized: 4-bit via onnxruntime's Gather quantizer, 8-bit
     (which that quantizer lacks) from onnxruntime's own 8-bit block kernel, blocks along the hidden axis."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
@@ -131,7 +134,7 @@ def _embedding(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
     return _nbits(model, cfg, spec, others | plan.exclude, 4)
 
 
-def _embedding8(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
+def _embedding8(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> Any:
     from onnx import helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -169,7 +172,7 @@ def _embedding8(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
     return model
 
 
-def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:
+def dynamic_int8(spec: DynamicInt8Spec, model: ModelProto, plan: Plan) -> Any:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -181,7 +184,7 @@ def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:
     return onnx.load(str(dst))
 
 
-def static_int8(spec: StaticInt8Spec, model: Any, plan: Plan) -> Any:
+def static_int8(spec: StaticInt8Spec, model: ModelProto, plan: Plan) -> Any:
     """QDQ static int8 after onnxruntime's recommended preprocessing (shape inference + optimization)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -226,7 +229,7 @@ def _extra() -> dict[str, Any]:
     return {"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT}
 
 
-def fp16(spec: Fp16Spec, model: Any, plan: Plan) -> Any:
+def fp16(spec: Fp16Spec, model: ModelProto, plan: Plan) -> Any:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     return convert_float_to_float16(model, keep_io_types=spec.keep_io_types,
@@ -245,7 +248,7 @@ HANDLERS: dict[type[MethodSpec], Callable[[Any, Any, Plan], Any]] = {
 }
 
 
-def run_handler(spec: MethodSpec, model: Any, plan: Plan) -> Any:
+def run_handler(spec: MethodSpec, model: ModelProto, plan: Plan) -> Any:
     handler = HANDLERS.get(type(spec))
     if handler is None:
         raise CompressError(f"no quantizer for spec {type(spec).__name__}")

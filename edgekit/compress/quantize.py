@@ -26,6 +26,7 @@ from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
 
 if TYPE_CHECKING:
+    from onnx import ModelProto
     from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _calibration(artifact: OnnxArtifact, parent: InferenceSession, path: Path | 
     return seqs, feeds
 
 
-def _plan(model: Any, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
+def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
     nodes = graph.weight_nodes(model)
     keep = {w.name for w in nodes if graph.match(w.name, spec.keep_fp) or graph.match(w.weight, spec.keep_fp)}
     vocab = artifact.config.get("vocab_size")
@@ -156,7 +157,7 @@ def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
     return variant, check
 
 
-def _fallback(job: _Job, base: Any, check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
+def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
     """Keep the most sensitive weight MatMuls in float, more each round, until top-1 drops at most `max_drop`."""
     spec, plan, record = job.spec, job.plan, job.record
     steps: list[dict[str, Any]] = [{"kept": 0, "score": checks.primary(check)}]
@@ -194,7 +195,7 @@ def _fallback(job: _Job, base: Any, check: dict[str, Any], max_drop: float) -> t
     return variant, check
 
 
-def _finish(job: _Job, base: Any, variant: Any, check: dict[str, Any]) -> None:
+def _finish(job: _Job, base: ModelProto, variant: Any, check: dict[str, Any]) -> None:
     """Write compress.json beside the variant: decisions, checks, speed, I/O, sizes, timings."""
     import onnx
 
@@ -231,7 +232,7 @@ def _finish(job: _Job, base: Any, variant: Any, check: dict[str, Any]) -> None:
     (tmp / "compress.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-def _decisions(base: Any, variant: Any, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
+def _decisions(base: ModelProto, variant: Any, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
     """What happened to each weight node, read from the variant: a float weight that is gone was quantized."""
     from onnx import TensorProto
 

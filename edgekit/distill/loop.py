@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 from edgekit.errors import InputError
 
 if TYPE_CHECKING:
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
     from edgekit.distill import DistillSpec
     from edgekit.progress import Stage
 
@@ -38,7 +41,7 @@ def _texts(spec: DistillSpec) -> list[str]:
     return calibration_texts(300)
 
 
-def _pack(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
+def _pack(tokenizer: PreTrainedTokenizerBase, texts: list[str], seq_len: int) -> Any:
     """Concatenate tokenized texts (EOS between them) and cut into rows of seq_len tokens."""
     import torch
 
@@ -54,19 +57,19 @@ def _pack(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
     return {"input_ids": torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)}
 
 
-def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], seq_len: int) -> Any:
     enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
 
-def train_samples(task: str, tokenizer: Any, spec: DistillSpec) -> dict[str, Any]:
+def train_samples(task: str, tokenizer: PreTrainedTokenizerBase, spec: DistillSpec) -> dict[str, Any]:
     texts = _texts(spec)
     batch: dict[str, Any] = (_pack(tokenizer, texts, spec.seq_len) if task == "text-generation"
                              else _encode(tokenizer, texts, spec.seq_len))
     return batch
 
 
-def eval_batch(task: str, tokenizer: Any, n_tokens: int, seq_len: int) -> dict[str, Any]:
+def eval_batch(task: str, tokenizer: PreTrainedTokenizerBase, n_tokens: int, seq_len: int) -> dict[str, Any]:
     """Held-out text (edgekit.data.eval_texts, the built-in corpus's eval half) the student never trains on."""
     from edgekit.data import eval_texts
 
@@ -161,13 +164,13 @@ def _last_hidden(out: Any) -> Any:
     return out.hidden_states[-1]
 
 
-def run_model(model: Any, batch: dict[str, Any], task: str) -> Any:
+def run_model(model: Module, batch: dict[str, Any], task: str) -> Any:
     if task == "text-generation":
         return model(**batch, use_cache=False)
     return model(**batch, output_hidden_states=task == "text-classification")
 
 
-def evaluate(teacher: Any, student: Any, batch: dict[str, Any], task: str, device: Any) -> dict[str, Any]:
+def evaluate(teacher: Module, student: Module, batch: dict[str, Any], task: str, device: Any) -> dict[str, Any]:
     """Causal LM / classifier: mean KL(teacher ‖ student) at T=1; embeddings: mean cosine of pooled outputs."""
     import torch
     import torch.nn.functional as F
@@ -269,7 +272,7 @@ class _Interrupt:
 
 
 class TrainState:
-    def __init__(self, accelerator: Any, teacher: Any, student: Any, optimizer: Any, scheduler: Any,
+    def __init__(self, accelerator: Any, teacher: Module, student: Module, optimizer: Any, scheduler: Any,
                  batches: Batches, spec: DistillSpec, task: str) -> None:
         self.acc, self.teacher, self.student = accelerator, teacher, student
         self.optimizer, self.scheduler, self.batches = optimizer, scheduler, batches

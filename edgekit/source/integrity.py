@@ -30,6 +30,8 @@ from edgekit.errors import SourceCheckFailed, UnsupportedError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
 
     from edgekit.source import SourceModel
     from edgekit.source.gguf_vocab import GGUFVocab
@@ -173,7 +175,7 @@ def _probe_check(vocab: GGUFVocab, tok: Tokenizer, probes: tuple[str, ...] | lis
 # ---------------------------------------------------------------- sanity (every source)
 
 
-def round_trip(tokenizer: Any, probes: tuple[str, ...] | list[str] = PROBES, *, loose: bool = False) -> Check:
+def round_trip(tokenizer: PreTrainedTokenizerBase, probes: tuple[str, ...] | list[str] = PROBES, *, loose: bool = False) -> Check:
     """decode(encode(p)) == p on every probe; `loose` ignores case and whitespace (uncased WordPiece)."""
 
     def norm(text: str) -> str:
@@ -194,7 +196,7 @@ def round_trip(tokenizer: Any, probes: tuple[str, ...] | list[str] = PROBES, *, 
     )
 
 
-def eval_ids(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[list[int], int, int]:
+def eval_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> tuple[list[int], int, int]:
     """Token ids of the eval text (lines joined by blank lines, as bench does), with the characters and bytes."""
     ids: list[int] = []
     chars = nbytes = 0
@@ -213,7 +215,7 @@ def byte_entropy(data: bytes) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
 
 
-def bits_per_byte(model: Any, tokenizer: Any, ids: list[int], window: int) -> tuple[float, float, int]:
+def bits_per_byte(model: Module, tokenizer: PreTrainedTokenizerBase, ids: list[int], window: int) -> tuple[float, float, int]:
     """(PPL, bits per byte, tokens scored) of the model on `ids` in independent windows."""
     import torch
 
