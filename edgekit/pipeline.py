@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
 from edgekit.errors import EdgekitError, InputError
+from edgekit.records import set_sanity
 from edgekit.specs import Profile, Target
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             variant, _student, extra = _make_variant(stages, source, method, target, work, opts)
             report = stages.call("bench", lambda: _bench(variant, source, profile, opts))
             report.update(extra)
-            report["source"] = {**(report.get("source") or {}), "sanity": sanity}
+            set_sanity(report, sanity)
             if "distill" in report:
                 report["distill"].update(retention(report))
             from edgekit.gate import gate as run_gate

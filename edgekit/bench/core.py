@@ -12,6 +12,7 @@ from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
 from edgekit.bench.latency import encoder_metrics, generation_metrics, measure_pair, single
 from edgekit.errors import BenchError, UnsupportedError
+from edgekit.records import Report
 
 if TYPE_CHECKING:
     from edgekit.source import SourceModel
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "edgekit/report@1"
+SCHEMA = Report.SCHEMA
 DEFAULT_MAX_TIME_S = 30.0
 # >= 8 windows of <= 256 tokens, never across a document. Measured cost on SmolLM2-135M int8-weight (PyTorch +
 # ONNX, 1 thread, 2-core AVX-512 EPYC shared with other jobs): 15.6 s for 2,048 tokens vs 7.5 s for 512.

@@ -37,6 +37,7 @@ def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | No
     from edgekit.bench import bench as run_bench
     from edgekit.bench import write_report
     from edgekit.catalog import load_profile
+    from edgekit.records import set_sanity
     from edgekit.source import load_source
     from edgekit.source.integrity import check_source
 
@@ -46,7 +47,7 @@ def bench(model: Path, source_spec: str, profile_name: str, eval_data: Path | No
     sanity = check_source(source, eval_data=eval_data, allow_implausible=allow_implausible_source)
     report = run_bench(variant, source, profile, eval_data=eval_data, on_device=on_device, eval_tokens=eval_tokens,
                        max_time_s=max_time, decode_prompts=decode_prompts)
-    report["source"] = {**(report.get("source") or {}), "sanity": sanity}
+    set_sanity(report, sanity)
     written = None
     if out is not None:
         folder, stem = (out.parent, out.stem) if out.suffix == ".json" else (out, "report")

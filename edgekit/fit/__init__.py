@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.records import Report, set_sanity
 from edgekit.source import SourceModel, read_safetensors_header
 from edgekit.specs import Profile, Target
 
@@ -154,15 +155,14 @@ def prune(outcome: Outcome, profile: Profile, task: str) -> None:
 
 
 def figures(report: dict[str, Any]) -> dict[str, float | None]:
-    perf = report.get("performance") or {}
-    fid = report.get("fidelity") or {}
+    """What fit compares candidates on: size, speed (the device estimate where there is one), fidelity."""
+    rep = Report(report)
 
     def pick(section: str, metric: str) -> float | None:
-        entry = (perf.get(section) or {}).get(metric) or {}
-        return entry.get("value")
+        return rep.value(section, metric)
 
     def f(metric: str) -> float | None:
-        return (fid.get(metric) or {}).get("value")
+        return rep.value("fidelity", metric)
 
     return {"size_mb": pick("variant", "model_size_mb"),
             "decode_tokens_per_s": pick("device", "decode_tokens_per_s") or pick("variant", "decode_tokens_per_s"),
@@ -287,7 +287,7 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
 
                 files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
                 report = {**pick.report, "gate": pick.gate.to_dict()}
-                report["source"] = {**(report.get("source") or {}), "sanity": sanity}
+                set_sanity(report, sanity)
                 job = BundleJob(OnnxArtifact.load(pick.folder), report, pick.gate, profile, target,
                                 pick.candidate.method, extra_files=files)
                 bundle = write_outputs(job, out, BuildOptions(command=command, calibration=calibration))
