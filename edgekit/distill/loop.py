@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 from edgekit.errors import InputError
 
 if TYPE_CHECKING:
+    from torch import Tensor
     from torch.nn import Module
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
     from transformers import PreTrainedTokenizerBase
 
     from edgekit.distill import DistillSpec
@@ -95,13 +98,14 @@ class Batches:
         self.device = accelerator.device
         self._perms: dict[int, Any] = {}
 
-    def _perm(self, epoch: int) -> Any:
+    def _perm(self, epoch: int) -> Tensor:
         import torch
 
         if epoch not in self._perms:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             self._perms = {epoch: torch.randperm(self.n, generator=gen)}
-        return self._perms[epoch]
+        perm: Tensor = self._perms[epoch]
+        return perm
 
     def __call__(self, step: int) -> dict[str, Any]:
         import torch
@@ -114,7 +118,7 @@ class Batches:
 # ---------------------------------------------------------------- losses and evaluation
 
 
-def forward_kl(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:
+def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Mean over positions of KL(teacher_T ‖ student_T), scaled by T² so gradients keep their size."""
     import torch.nn.functional as F
 
@@ -124,14 +128,14 @@ def forward_kl(student_logits: Any, teacher_logits: Any, temperature: float) -> 
     return kl.mean() * temperature**2
 
 
-def _masked_mean(values: Any, mask: Any | None) -> Any:
+def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return values.mean()
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _pooled(hidden: Any, mask: Any | None) -> Any:
+def _pooled(hidden: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return hidden.mean(1)
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -189,10 +193,11 @@ def evaluate(teacher: Module, student: Module, batch: dict[str, Any], task: str,
     return {"metric": "kl_mean", "value": float(forward_kl(s_out.logits, t_out.logits, 1.0)), "tokens": tokens}
 
 
-def make_scheduler(optimizer: Any, spec: DistillSpec) -> Any:
+def make_scheduler(optimizer: Optimizer, spec: DistillSpec) -> LRScheduler:
     from transformers import get_cosine_schedule_with_warmup
 
-    return get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * spec.steps), spec.steps)
+    scheduler: LRScheduler = get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * spec.steps), spec.steps)
+    return scheduler
 
 
 # ---------------------------------------------------------------- checkpoints

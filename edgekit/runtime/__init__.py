@@ -19,6 +19,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
+    from tokenizers import Tokenizer
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 KV_CACHE_KEY = "edgekit.kv_cache"  # model metadata: "shared-buffer" where the graph supports it
@@ -33,7 +34,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(i
 CPU_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
 
 
-def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> Any:
+def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> InferenceSession:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -46,7 +47,7 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
     return ort.InferenceSession(str(model_file), opts, providers=wanted, disabled_optimizers=disabled)
 
 
-def load_tokenizer(folder: Path) -> Any:
+def load_tokenizer(folder: Path) -> Tokenizer:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))

@@ -16,11 +16,14 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError, UnsupportedError
 from edgekit.specs import detect_task as detect_task  # re-exported: its home is specs (one detection)
 from edgekit.util import atomic_dir, cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,12 @@ class SourceModel:
             "parameters": count_parameters(self.weight_files) if self.format == "hf" else None,
         }
 
-    def load_tokenizer(self) -> Any:
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
             self.path, trust_remote_code=self.trust_remote_code)
+        return tokenizer
 
     def load_model(self) -> Any:
         """The PyTorch model in fp32 eval mode, with the auto class for its task."""
