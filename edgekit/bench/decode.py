@@ -20,10 +20,13 @@ from edgekit import progress
 from edgekit.bench.fidelity import CausalStats, causal_stats, eval_documents, metric
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from onnxruntime import InferenceSession
     from torch.nn import Module
     from transformers import PreTrainedTokenizerBase
 
+    from edgekit.runtime import Decoder
     from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ DEFAULT_PROMPT_TOKENS = 32
 DEFAULT_NEW_TOKENS = 32
 
 
-def decode_prompts(tokenizer: PreTrainedTokenizerBase, eval_data: Any, n: int, length: int) -> list[list[int]]:
+def decode_prompts(tokenizer: PreTrainedTokenizerBase, eval_data: Path | None, n: int, length: int) -> list[list[int]]:
     """The first `length` tokens of the first `n` documents long enough to give them."""
     out: list[list[int]] = []
     for doc in eval_documents(eval_data):
@@ -65,7 +68,7 @@ def source_greedy(model: Module, prompt: list[int], new_tokens: int) -> tuple[li
     return tokens, np.stack(rows)
 
 
-def variant_forced(decoder: Any, prompt: list[int], continuation: list[int]) -> np.ndarray:
+def variant_forced(decoder: Decoder, prompt: list[int], continuation: list[int]) -> np.ndarray:
     """The variant's logits at each decode step, fed `continuation` through its KV cache ([len, vocab])."""
     if not decoder.with_past:
         raise ValueError("the variant graph has no KV cache inputs: there is no decode path to check")

@@ -26,6 +26,7 @@ from edgekit.errors import InputError
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
+    from transformers import PreTrainedTokenizerBase
 
     from edgekit.source import SourceModel
 
@@ -165,7 +166,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- real models
 
 
-def eval_token_ids(tokenizer: Any, eval_data: Path | None, eval_tokens: int) -> list[int]:
+def eval_token_ids(tokenizer: PreTrainedTokenizerBase, eval_data: Path | None, eval_tokens: int) -> list[int]:
     """The first `eval_tokens` tokens of the held-out text (lines joined by blank lines)."""
     from edgekit.data import load_texts
 
@@ -212,7 +213,7 @@ def document_windows(docs: list[list[int]], size: int, eval_tokens: int) -> list
     return out
 
 
-def tokenize_documents(tokenizer: Any, documents: list[str], eval_tokens: int, size: int) -> list[list[int]]:
+def tokenize_documents(tokenizer: PreTrainedTokenizerBase, documents: list[str], eval_tokens: int, size: int) -> list[list[int]]:
     """Token ids per document; stops once the first windows alone cover `eval_tokens` (round-robin never
     reaches a later document then)."""
     out: list[list[int]] = []

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from edgekit.util import cache_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from edgekit.specs import Profile, Workload
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ LATENCY_METRICS = ("ttft_ms", "per_token_ms", "latency_ms")
 RATE_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "throughput_items_per_s")
 
 
-def _best(fn: Any, repeats: int = 5) -> float:
+def _best(fn: Callable[[], object], repeats: int = 5) -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -19,6 +19,8 @@ from edgekit.runtime import LOGITS_TO_KEEP
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
 
+    from edgekit.runtime import Decoder
+
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 128
@@ -59,7 +61,7 @@ def decoder_feeds(session: InferenceSession, seqs: list[list[int]]) -> list[dict
     return feeds
 
 
-def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict[str, np.ndarray]:
+def _decoder_feed(dec: Decoder, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict[str, np.ndarray]:
     batch, seq = ids.shape
     feed: dict[str, np.ndarray] = {"input_ids": ids.astype(np.int64)}
     if "attention_mask" in dec.input_names:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from onnx import ModelProto
+    from onnx import GraphProto, ModelProto
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class WeightNode:
     shape: tuple[int, ...]
 
 
-def _float_inits(graph: Any) -> dict[str, Any]:
+def _float_inits(graph: GraphProto) -> dict[str, Any]:
     from onnx import TensorProto
 
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)

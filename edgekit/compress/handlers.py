@@ -58,7 +58,7 @@ def save_model(model: ModelProto, path: Path) -> Path:
     return path
 
 
-def _nbits(model: ModelProto, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> Any:
+def _nbits(model: ModelProto, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     class Quantizer(MatMulNBitsQuantizer):  # type: ignore[misc]
@@ -73,10 +73,11 @@ def _nbits(model: ModelProto, algo_config: Any, spec: WeightOnlySpec, exclude: s
     q = Quantizer(model, bits=bits, block_size=spec.block_size, is_symmetric=spec.symmetric,
                   accuracy_level=spec.accuracy_level, nodes_to_exclude=sorted(exclude), algo_config=algo_config)
     q.process()
-    return q.model.model
+    quantized: ModelProto = q.model.model
+    return quantized
 
 
-def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> Any:
+def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelProto:
     """MatMulNBits for every weight MatMul; the lm_head at `lm_head_bits`; the embedding Gather at `embed_bits`."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -120,7 +121,7 @@ def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> Any:
     return model
 
 
-def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> Any:
+def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:
     """The token-embedding Gather as GatherBlockQuantized: 4-bit via onnxruntime's Gather quantizer, 8-bit
     (which that quantizer lacks) from onnxruntime's own 8-bit block kernel, blocks along the hidden axis."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
@@ -134,7 +135,7 @@ def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> Any:
     return _nbits(model, cfg, spec, others | plan.exclude, 4)
 
 
-def _embedding8(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> Any:
+def _embedding8(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:
     from onnx import helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -172,7 +173,7 @@ def _embedding8(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> Any:
     return model
 
 
-def dynamic_int8(spec: DynamicInt8Spec, model: ModelProto, plan: Plan) -> Any:
+def dynamic_int8(spec: DynamicInt8Spec, model: ModelProto, plan: Plan) -> ModelProto:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -184,7 +185,7 @@ def dynamic_int8(spec: DynamicInt8Spec, model: ModelProto, plan: Plan) -> Any:
     return onnx.load(str(dst))
 
 
-def static_int8(spec: StaticInt8Spec, model: ModelProto, plan: Plan) -> Any:
+def static_int8(spec: StaticInt8Spec, model: ModelProto, plan: Plan) -> ModelProto:
     """QDQ static int8 after onnxruntime's recommended preprocessing (shape inference + optimization)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -229,11 +230,12 @@ def _extra() -> dict[str, Any]:
     return {"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT}
 
 
-def fp16(spec: Fp16Spec, model: ModelProto, plan: Plan) -> Any:
+def fp16(spec: Fp16Spec, model: ModelProto, plan: Plan) -> ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=spec.keep_io_types,
-                                    node_block_list=sorted(plan.exclude) or None)
+    half: ModelProto = convert_float_to_float16(model, keep_io_types=spec.keep_io_types,
+                                                node_block_list=sorted(plan.exclude) or None)
+    return half
 
 
 def _qtype(enum: Any, name: str) -> Any:
@@ -248,12 +250,13 @@ HANDLERS: dict[type[MethodSpec], Callable[[Any, Any, Plan], Any]] = {
 }
 
 
-def run_handler(spec: MethodSpec, model: ModelProto, plan: Plan) -> Any:
+def run_handler(spec: MethodSpec, model: ModelProto, plan: Plan) -> ModelProto:
     handler = HANDLERS.get(type(spec))
     if handler is None:
         raise CompressError(f"no quantizer for spec {type(spec).__name__}")
     try:
-        return handler(spec, model, plan)
+        variant: ModelProto = handler(spec, model, plan)
+        return variant
     except CompressError:
         raise
     except Exception as exc:

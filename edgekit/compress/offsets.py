@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from onnx import ModelProto
+    from onnx import ModelProto, NodeProto
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def split_float_offsets(model: ModelProto, accuracy_level: int | None) -> int:
     return rewritten
 
 
-def _plan(node: Any, inits: dict[str, Any]) -> tuple[int, int, int, int] | None:
+def _plan(node: NodeProto, inits: dict[str, Any]) -> tuple[int, int, int, int] | None:
     """(K, N, block, bits) when `node` is a MatMulNBits with a float zero-point initializer over whole blocks."""
     from onnx import TensorProto, helper
 
@@ -87,7 +87,7 @@ def _block_sum_node(model: ModelProto, nodes: list[Any], x: str, k: int, block: 
     return f"{base}_out"
 
 
-def _attach_correction(model: ModelProto, nodes: list[Any], node: Any, sums: str, offset_t: np.ndarray,
+def _attach_correction(model: ModelProto, nodes: list[NodeProto], node: NodeProto, sums: str, offset_t: np.ndarray,
                        accuracy_level: int | None) -> None:
     """Make `node` symmetric (no zero points) and add sums · offset to its output."""
     from onnx import helper, numpy_helper

@@ -195,7 +195,7 @@ def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: floa
     return variant, check
 
 
-def _finish(job: _Job, base: ModelProto, variant: Any, check: dict[str, Any]) -> None:
+def _finish(job: _Job, base: ModelProto, variant: ModelProto | None, check: dict[str, Any]) -> None:
     """Write compress.json beside the variant: decisions, checks, speed, I/O, sizes, timings."""
     import onnx
 
@@ -232,7 +232,7 @@ def _finish(job: _Job, base: ModelProto, variant: Any, check: dict[str, Any]) ->
     (tmp / "compress.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-def _decisions(base: ModelProto, variant: Any, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
+def _decisions(base: ModelProto, variant: ModelProto, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
     """What happened to each weight node, read from the variant: a float weight that is gone was quantized."""
     from onnx import TensorProto
 

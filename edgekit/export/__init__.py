@@ -12,7 +12,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import __version__, progress
 from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
@@ -20,6 +20,9 @@ from edgekit.errors import EdgekitError, ExportError, InputError, ParityError, U
 from edgekit.source import SourceModel
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
+
+if TYPE_CHECKING:
+    from edgekit.export.parity import ParityResult
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     return OnnxArtifact.load(out)
 
 
-def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> Any:
+def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> ParityResult:
     from edgekit.export.parity import check_parity
 
     return check_parity(source, model_file, model=model, tokenizer=tokenizer, stage=stage)
