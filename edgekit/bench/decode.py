@@ -109,7 +109,7 @@ def decode_check(
     variant_session: InferenceSession,
     model: Module,
     tokenizer: PreTrainedTokenizerBase,
-    eval_data: Any,
+    eval_data: Path | None,
     *,
     prompts: int = DEFAULT_PROMPTS,
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
@@ -155,7 +155,7 @@ def decode_check(
 def measure_decode(
     variant_session: InferenceSession,
     source: SourceModel,
-    eval_data: Any,
+    eval_data: Path | None,
     prompts: int = DEFAULT_PROMPTS,
     new_tokens: int = DEFAULT_NEW_TOKENS,
 ) -> dict[str, Any] | None:

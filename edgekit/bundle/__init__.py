@@ -89,7 +89,7 @@ class BundleWriter:
     def add_text(self, name: str, text: str) -> None:
         self._dest(name).write_text(text, encoding="utf-8")
 
-    def add_json(self, name: str, data: Any) -> None:
+    def add_json(self, name: str, data: object) -> None:
         self.add_text(name, json.dumps(data, indent=2, default=str))
 
     def write_manifest(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import click
 from edgekit.cli.options import common_options, echo, emit_json, note, table
 
 if TYPE_CHECKING:
+    from edgekit.artifact import OnnxArtifact
     from edgekit.specs import Target
 
 
@@ -72,7 +73,7 @@ def compress(model: str, method: str, target_name: str, out: Path, task: str | N
     echo(table(rows, ["compress", "value"]))
 
 
-def _artifact(model: str, target: Target, task: str | None, trust_remote_code: bool, tmp: Path) -> Any:
+def _artifact(model: str, target: Target, task: str | None, trust_remote_code: bool, tmp: Path) -> OnnxArtifact:
     """An exported folder is used as is; anything else is a SOURCE, exported into `tmp` first."""
     from edgekit.artifact import MODEL_FILE, OnnxArtifact
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.runtime import LOGITS_TO_KEEP
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from onnxruntime import InferenceSession
+    from onnxruntime.quantization import CalibrationDataReader
 
     from edgekit.runtime import Decoder
 
@@ -91,7 +94,7 @@ def model_feeds(session: InferenceSession, task: str, seqs: list[list[int]]) -> 
     return decoder_feeds(session, seqs) if task == "text-generation" else encoder_feeds(session, seqs)
 
 
-def make_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
+def make_reader(feeds: list[dict[str, np.ndarray]]) -> CalibrationDataReader:
     """An onnxruntime CalibrationDataReader over prepared feeds (re-iterable: GPTQ deep-copies it)."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -109,7 +112,7 @@ def make_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
         def rewind(self) -> None:
             self.pos = 0
 
-        def __iter__(self) -> Any:
+        def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
             return iter(self.feeds)
 
     return Reader()

@@ -156,7 +156,7 @@ def _write_output(model: Any, tokenizer: Any, source: SourceModel, record: dict[
         (tmp / "distill.json").write_text(json.dumps(record, indent=2, default=_json_default))
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 from edgekit.errors import InputError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
+    import torch
     from torch import Tensor
     from torch.nn import Module
     from torch.optim import Optimizer
@@ -174,7 +177,7 @@ def run_model(model: Module, batch: dict[str, Any], task: str) -> Any:
     return model(**batch, output_hidden_states=task == "text-classification")
 
 
-def evaluate(teacher: Module, student: Module, batch: dict[str, Any], task: str, device: Any) -> dict[str, Any]:
+def evaluate(teacher: Module, student: Module, batch: dict[str, Any], task: str, device: torch.device | str) -> dict[str, Any]:
     """Causal LM / classifier: mean KL(teacher ‖ student) at T=1; embeddings: mean cosine of pooled outputs."""
     import torch
     import torch.nn.functional as F
@@ -270,7 +273,7 @@ class _Interrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from edgekit.fit import Outcome
 
 
-def _fmt(v: Any, spec: str = ".4g") -> str:
+def _fmt(v: object, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 

@@ -25,6 +25,8 @@ from edgekit.util import atomic_dir, cache_dir
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from edgekit.source.gguf_vocab import GGUFVocab
+
 log = logging.getLogger(__name__)
 
 # model_type → what edgekit has tested end to end (export, quantize, bench).
@@ -306,7 +308,7 @@ def _convert_gguf(path: Path, cache_name: str | None = None) -> Path:
     return out
 
 
-def _save_gguf_tokenizer(vocab: Any, path: Path, folder: Path) -> str:
+def _save_gguf_tokenizer(vocab: GGUFVocab, path: Path, folder: Path) -> str:
     """edgekit's tokenizer for the vocabularies it has a reference for; transformers' otherwise (then the
     source stage's probe check fails, and only --allow-implausible-source builds from it)."""
     from edgekit.source.gguf_tokenizer import BUILT_BY, VERSION, save_tokenizer

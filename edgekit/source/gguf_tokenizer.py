@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgekit.source.gguf_vocab import CONTROL, USER_DEFINED, GGUFVocab
 from edgekit.source.reference import IGNORE_MERGES, pre_tokenizer_regexes
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BUILT_BY = "edgekit.source.gguf_tokenizer"
 VERSION = 1  # bump when the tokenizer built from the same GGUF changes: cached conversions are rebuilt
@@ -41,7 +44,7 @@ def spm_merges(vocab: GGUFVocab) -> list[tuple[str, str]]:
     return [(left, right) for _, _, left, right in ranked]
 
 
-def build_tokenizer(vocab: GGUFVocab) -> Any:
+def build_tokenizer(vocab: GGUFVocab) -> Tokenizer:
     """A `tokenizers.Tokenizer` for this vocabulary (BOS/EOS added per add_bos_token/add_eos_token)."""
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
@@ -78,7 +81,7 @@ def build_tokenizer(vocab: GGUFVocab) -> Any:
     return tok
 
 
-def _post_processor(tok: Any, vocab: GGUFVocab) -> None:
+def _post_processor(tok: Tokenizer, vocab: GGUFVocab) -> None:
     from tokenizers import processors
 
     specials = []
