@@ -24,7 +24,7 @@ _LAZY: dict[str, str] = {
     "export": "edgekit.export",
     "OnnxArtifact": "edgekit.artifact",
     "compress": "edgekit.compress",
-    "distill": "edgekit.compress.distill",
+    "distill": "edgekit.distill",
     "bench": "edgekit.bench",
     "gate": "edgekit.gate",
     "write_bundle": "edgekit.bundle",

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 MODEL_FILE = "model.onnx"
 # Files a runtime needs besides the graph; copied from stage to stage and into bundles.
@@ -78,7 +81,7 @@ class OnnxArtifact:
                 break
         task = meta.get("task")
         if task is None:
-            from edgekit.source import detect_task
+            from edgekit.specs import detect_task
 
             cfg = folder / "config.json"
             if not cfg.is_file():
@@ -86,7 +89,7 @@ class OnnxArtifact:
             task = detect_task(json.loads(cfg.read_text()))
         return cls(folder, str(task), meta)
 
-    def session(self, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> Any:
+    def session(self, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> InferenceSession:
         """An onnxruntime session with a fixed thread count (reproducible latency) and the given providers."""
         from edgekit.runtime import make_session
 

@@ -185,7 +185,7 @@ class GateResult:
         return "\n".join(lines) + "\n"
 
 
-def _number(value: Any, where: str) -> float | None:
+def _number(value: object, where: str) -> float | None:
     """A finite float, None when absent or NaN (not measured); anything else is a broken report."""
     if value is None:
         return None

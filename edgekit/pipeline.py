@@ -15,12 +15,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
 from edgekit.errors import EdgekitError, InputError
-from edgekit.specs import Profile
+from edgekit.records import set_sanity
+from edgekit.specs import Profile, Target
+
+if TYPE_CHECKING:
+    from edgekit.gate import GateResult
+    from edgekit.source import SourceModel
+    from edgekit.specs import Target
 from edgekit.util import exclusive, is_user_os_error, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -150,10 +156,10 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             method = opts.method or profile.method_for(source.task)
             check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
             stages.plan = _plan(method, opts.then)
-            variant, model_source, extra = _make_variant(stages, source, method, target, work, opts)
+            variant, _student, extra = _make_variant(stages, source, method, target, work, opts)
             report, extra_files = stages.call("bench", lambda: _bench_and_evidence(variant, source, profile, target, opts, work))
             report.update(extra)
-            report["source"] = {**(report.get("source") or {}), "sanity": sanity}
+            set_sanity(report, sanity)
             if "distill" in report:
                 report["distill"].update(retention(report))
             from edgekit.gate import gate as run_gate
@@ -161,8 +167,8 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             result = stages.call("gate", lambda: run_gate(report, profile))
             report["gate"] = result.to_dict()
             with stages.run("bundle"):
-                bundle = _write(variant, model_source, report, result, profile, target, method, out, opts, stages.records,
-                                extra_files)
+                job = BundleJob(variant, report, result, profile, target, method, stages.records, extra_files)
+                bundle = write_outputs(job, out, opts)
         finally:
             if opts.keep_work:
                 log.info("intermediate folders kept in %s", work)
@@ -202,7 +208,7 @@ def retention(report: dict[str, Any]) -> dict[str, float | None]:
             "agreement_retention": top1}
 
 
-def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: Path,
+def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Target, work: Path,
                   opts: BuildOptions) -> tuple[OnnxArtifact, Any, dict[str, Any]]:
     """Export (a distilled student first, when asked) and compress; returns the variant and what it came from."""
     from edgekit.export import export
@@ -210,7 +216,7 @@ def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: 
     extra: dict[str, Any] = {}
     model_source = source
     if method == "distill":
-        from edgekit.compress.distill import DistillSpec, distill
+        from edgekit.distill import DistillSpec, distill
 
         spec = DistillSpec(**opts.distill)
         model_source = stages.call("distill", lambda: distill(source, spec, work / "student"))
@@ -226,7 +232,7 @@ def _make_variant(stages: _Stages, source: Any, method: str, target: Any, work: 
     return variant, model_source, extra
 
 
-def _bench(variant: OnnxArtifact, source: Any, profile: Profile, opts: BuildOptions) -> dict[str, Any]:
+def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: BuildOptions) -> dict[str, Any]:
     from edgekit.bench import bench
 
     return dict(bench(variant, source, profile, eval_data=opts.eval_data, **opts.bench))
@@ -254,18 +260,31 @@ def _reference_files(source: Any, report: dict[str, Any], work: Path) -> dict[st
     return {"reference.npz": path} if path else {}
 
 
-def _write(variant: OnnxArtifact, model_source: Any, report: dict[str, Any], result: Any, profile: Profile,
-           target: Any, method: str, out: Path, opts: BuildOptions, stages: list[dict[str, Any]],
-           extra_files: dict[str, Path] | None = None) -> Path:
+@dataclass(frozen=True)
+class BundleJob:
+    """What a build (or fit) hands the bundle writer: the chosen variant, its report and gate, and how it was made."""
+
+    variant: OnnxArtifact
+    report: dict[str, Any]
+    result: GateResult
+    profile: Profile
+    target: Target
+    method: str
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    extra_files: dict[str, Path] | None = None
+
+
+def write_outputs(job: BundleJob, out: Path, opts: BuildOptions) -> Path:
     """The bundle, with build.json (every stage so far; the bundle stage itself is timed by the caller)."""
     from edgekit.bundle import write_bundle
 
-    settings = {"method": method, "then": opts.then, "target": target.name, "profile": profile.name,
+    method = job.method
+    settings = {"method": method, "then": opts.then, "target": job.target.name, "profile": job.profile.name,
                 "eval_data": str(opts.eval_data) if opts.eval_data else None,
                 "calibration": str(opts.calibration) if opts.calibration else None, "bench": opts.bench,
                 "distill": opts.distill if method == "distill" else None}
     build_record = {"schema": "edgekit/build@1", "edgekit_version": __version__, "command": opts.command,
-                    "settings": settings, "stages": stages}
-    return write_bundle(variant, report, result, out, command=opts.command, archive=opts.archive,
+                    "settings": settings, "stages": job.stages}
+    return write_bundle(job.variant, job.report, job.result, out, command=opts.command, archive=opts.archive,
                         method=method if method != "distill" else f"distill+{opts.then or 'fp32'}",
-                        build=build_record, extra_files=extra_files)
+                        build=build_record, extra_files=job.extra_files)

@@ -14,7 +14,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class Display(Protocol):
@@ -95,7 +98,7 @@ class _Active:
 class TerminalDisplay:
     """A tqdm bar per stage on stderr (percent, elapsed, ETA); nested stages stack below their parent."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.active: dict[str, _Active] = {}
 
@@ -130,7 +133,7 @@ class LogDisplay:
     every `interval` seconds naming the stages under way with elapsed time and ETA, from a timer thread, so a
     long C call (an export, a quantizer) never looks hung."""
 
-    def __init__(self, stream: Any = None, interval: float = 30.0) -> None:
+    def __init__(self, stream: TextIO | None = None, interval: float = 30.0) -> None:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.active: dict[str, _Active] = {}

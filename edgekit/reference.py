@@ -42,12 +42,6 @@ _ARRAYS = ("ids", "window_lens", "top_ids", "top_logp", "tail_ids", "tail_logp",
 ROW_ARRAYS = _ARRAYS[2:]
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 class Reference:
     """The reference arrays: `ids` (all window tokens, concatenated), `window_lens`, and per predicted position
     (Σ (len - 1) of them) `top_ids` [n, k], `top_logp` [n, k], `lse` [n], `nll` [n]."""
@@ -164,6 +158,8 @@ def load(path: Path) -> Reference:
 def variant_stats(rows: dict[str, np.ndarray], variant_logits: np.ndarray, next_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Per-position kld (top-k exact + sampled tail), nll_source, nll_variant, top1, and the variant's argmax;
     `rows` are the reference's per-position arrays for these positions."""
+    from edgekit.bench.fidelity import log_softmax  # numpy only: importable on the device
+
     lq = log_softmax(variant_logits)
     top_ids = rows["top_ids"].astype(np.int64)
     lp = rows["top_logp"].astype(np.float64)

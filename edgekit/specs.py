@@ -6,27 +6,38 @@ never a silently ignored rule. Loading from files (and naming the file in errors
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# The compression methods edgekit knows, in order of increasing compression; see design.md.
-METHODS: tuple[str, ...] = (
-    "fp32",
-    "fp16",
-    "int8-weight",
-    "int8-dynamic",
-    "int8-static",
-    "int4-rtn",
-    "int4-hqq",
-    "int4-gptq",
-    "distill",
-)
+from edgekit.errors import UnsupportedError
+
+# The one list of methods and tasks: everything else (CLI choices, quantization methods, bundle checks) derives
+# from these two types. Methods in order of increasing compression; see design.md.
 Method = Literal[
     "fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq", "int4-gptq", "distill"
 ]
-TASKS: tuple[str, ...] = ("text-generation", "text-classification", "feature-extraction")
 Task = Literal["text-generation", "text-classification", "feature-extraction"]
+METHODS: tuple[str, ...] = get_args(Method)
+TASKS: tuple[str, ...] = get_args(Task)
+# What compress/ implements: every method but the unquantized export and distillation (its own stage).
+QUANT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("fp32", "distill"))
+
+
+def detect_task(config: dict[str, Any]) -> str:
+    """The task of an HF config.json, from its architecture; the one detection (source, artifact and runtime)."""
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else ""
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return "text-generation"
+    if arch.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if arch.endswith("Model") or config.get("model_type") == "bert":
+        return "feature-extraction"
+    raise UnsupportedError(
+        f"cannot tell the task of architecture '{arch or config.get('model_type')}'; pass --task "
+        "(text-generation, text-classification or feature-extraction)"
+    )
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -36,7 +47,7 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 class Spec(BaseModel):
     """Base for every user-facing spec: immutable, unknown keys rejected, no type coercion from strings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False, strict=True)
 
 
 # ---------------------------------------------------------------- targets: how to build
@@ -44,7 +55,6 @@ class Spec(BaseModel):
 
 class ExportSettings(Spec):
     opset: Annotated[int, Field(ge=14, le=23)] = 17
-    dtype: Literal["fp32", "fp16"] = "fp32"
     # Decoder graph writer: "fused" (edgekit.fused, GroupQueryAttention), "optimum" (traced), "auto" = fused
     # where the architecture is covered.
     graph: Literal["auto", "fused", "optimum"] = "auto"
@@ -86,13 +96,14 @@ class Target(Spec):
     runtime: Literal["onnxruntime"] = "onnxruntime"
     device: Literal["cpu", "gpu"]
     arch: Literal["x86_64", "arm64"]
-    execution_providers: Annotated[tuple[str, ...], Field(min_length=1)]
+    # YAML has no tuples: a list is accepted for the sequence, its items stay strict.
+    execution_providers: Annotated[tuple[str, ...], Field(min_length=1, strict=False)]
     export: ExportSettings = ExportSettings()
     optimize: OptimizeSettings = OptimizeSettings()
     quantization: QuantizationSettings = QuantizationSettings()
-    supports: Annotated[tuple[Method, ...], Field(min_length=1)]
+    supports: Annotated[tuple[Method, ...], Field(min_length=1, strict=False)]
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False, strict=True)
 
 
 # ---------------------------------------------------------------- profiles: what must hold on a device
@@ -133,7 +144,7 @@ class DeviceSpec(Spec):
     @model_validator(mode="after")
     def _figures_for_estimates(self) -> DeviceSpec:
         if not self.host:
-            missing = [k for k in ("cores", "memory_mb", "memory_bandwidth_gbps", "peak_gflops_fp32")
+            missing = [k for k in ("memory_bandwidth_gbps", "peak_gflops_fp32")
                        if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"a device that is not the host needs {', '.join(missing)} for estimates")
@@ -193,7 +204,19 @@ class Profile(Spec):
     # Encoders take dynamic int8 well while decoder LLMs collapse under it, so a profile may pick per task.
     default_method_by_task: dict[Task, Method] = Field(default_factory=dict)
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="after")
+    def _fits_the_device(self) -> Profile:
+        # cores and memory_mb bound what a profile may ask of its device: more threads than cores, or a memory
+        # budget above the device's RAM, is a typo that would make every estimate and gate meaningless.
+        cores, memory = self.device.cores, self.device.memory_mb
+        if cores is not None and self.workload.threads > cores:
+            raise ValueError(f"workload.threads {self.workload.threads} exceeds device.cores {cores}")
+        if memory is not None and self.budgets.peak_rss_mb is not None and self.budgets.peak_rss_mb > memory:
+            raise ValueError(f"budgets.peak_rss_mb {self.budgets.peak_rss_mb:g} exceeds device.memory_mb {memory:g}")
+        return self
 
     def method_for(self, task: str) -> str:
-        return self.default_method_by_task.get(task, self.default_method)  # type: ignore[call-overload]
+        method: str = self.default_method_by_task.get(task, self.default_method)  # type: ignore[call-overload]
+        return method

@@ -52,6 +52,27 @@ def tiny_model(tiny_dir: Path, _tokenizers: dict[str, Any]):  # type: ignore[no-
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """tiny_onnx("llama") → OnnxArtifact of the tiny model exported for x86-avx2, once per session.
+
+    The one tiny export every module shares: tests read it, never change it (copy it first to corrupt it).
+    """
+    from edgekit.catalog import load_target
+    from edgekit.export import export
+    from edgekit.source import load_source
+
+    root = tmp_path_factory.mktemp("tiny-exports")
+    cache: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in cache:
+            cache[name] = export(load_source(str(tiny_model(name))), load_target("x86-avx2"), root / name)
+        return cache[name]
+
+    return get
+
+
 @pytest.fixture(params=CAUSAL)
 def tiny_causal(request: pytest.FixtureRequest, tiny_model) -> Path:  # type: ignore[no-untyped-def]
     return tiny_model(request.param)
@@ -72,3 +93,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run(
         [sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
     )
+
+
+def assert_exit_follows_gate(res: Any, gate_file: Path) -> dict[str, Any]:
+    """A build of a tiny model may pass or fail its gate, but never crash (2) and never exit with a code that
+    disagrees with gate.json; each decided rule's status must follow from its value and threshold."""
+    import json
+
+    assert gate_file.is_file(), res.stderr
+    gate: dict[str, Any] = json.loads(gate_file.read_text())
+    assert res.returncode == (0 if gate["passed"] else 1), res.stderr
+    for rule in gate["rules"]:
+        if rule["status"] in ("pass", "FAIL") and not (rule["strict"] and rule["uncertain"]):
+            inside = rule["value"] <= rule["threshold"] if rule["kind"] == "max" else rule["value"] >= rule["threshold"]
+            assert (rule["status"] == "pass") == inside, rule
+    assert gate["passed"] == all(r["status"] in ("pass", "n/a") for r in gate["rules"])
+    return gate

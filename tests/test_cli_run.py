@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.catalog import load_target
-from edgekit.export import export
-from edgekit.source import load_source
-from tests.test_bundle import make_bundle
+from tests.bundle.test_bundle import make_bundle
 
 # Runs `edgekit run` in-process, then reports which heavy frameworks were imported along the way.
 PROBE = """
@@ -26,12 +23,11 @@ sys.exit(code)
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+def bundles(tiny_onnx, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("run")
     out = {}
     for name in ("llama", "bert-emb", "bert-cls"):
-        model = export(load_source(str(tiny_model(name))), load_target("x86-avx2"), root / f"{name}-m").path
-        out[name] = make_bundle(model, root / name)
+        out[name] = make_bundle(tiny_onnx(name).path, root / name)
     return out
 
 

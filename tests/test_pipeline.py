@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, assert_exit_follows_gate, run_cli
 from tests.reliability.helpers import Spawned
 
 # Short bench settings: these tests check the pipeline's plumbing, not the numbers.
@@ -143,16 +143,17 @@ def test_make_demo_build_smollm2_pi5(tmp_path: Path) -> None:
 def test_build_minilm_x86_laptop(tmp_path: Path) -> None:
     out = tmp_path / "minilm"
     res = run_cli("build", "example:minilm-l6", "--profile", "x86-laptop", "-o", str(out), "--json", timeout=1800)
-    assert res.returncode in (0, 1), res.stderr
-    gate = json.loads((out / "gate.json").read_text())
-    assert {r["name"]: r["status"] for r in gate["rules"]}["fidelity.cosine_min"] in ("pass", "FAIL")
+    gate = assert_exit_follows_gate(res, out / "gate.json")
+    cosine = {r["name"]: r for r in gate["rules"]}["fidelity.cosine_min"]
+    # The rule is decided on a measured cosine (the helper checked its status against value and threshold).
+    assert cosine["value"] is not None and cosine["status"] == ("pass" if cosine["value"] >= cosine["threshold"] else "FAIL")
 
 
 def test_build_distill_then_quantize_reports_retention(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "d"
     res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "--method", "distill", "--then", "int8-weight",
                   "--distill-steps", "3", "-o", str(out), *FAST)
-    assert res.returncode in (0, 1), res.stderr  # a 3-step student may well fail the fidelity floors
+    assert_exit_follows_gate(res, out / "gate.json")  # a 3-step student may well fail the fidelity floors
     report = json.loads((out / "report.json").read_text())
     d = report["distill"]
     assert 0 < d["size_ratio"] < 1 and d["ppl_retention"] > 0

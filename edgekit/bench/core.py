@@ -6,16 +6,21 @@ import datetime as dt
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import __version__, progress
 from edgekit.artifact import OnnxArtifact
 from edgekit.bench.latency import encoder_metrics, generation_metrics, measure_pair, single
 from edgekit.errors import BenchError, UnsupportedError
+from edgekit.records import Report
+
+if TYPE_CHECKING:
+    from edgekit.source import SourceModel
+    from edgekit.specs import Profile
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "edgekit/report@1"
+SCHEMA = Report.SCHEMA
 DEFAULT_MAX_TIME_S = 30.0
 # >= 8 windows of <= 256 tokens, never across a document. Measured cost on SmolLM2-135M int8-weight (PyTorch +
 # ONNX, 1 thread, 2-core AVX-512 EPYC shared with other jobs): 15.6 s for 2,048 tokens vs 7.5 s for 512.
@@ -27,7 +32,7 @@ DEFAULT_DECODE_PROMPTS = 8
 SMALLER_IS_BETTER = ("ttft_ms", "per_token_ms", "latency_ms", "load_ms", "peak_rss_mb", "model_size_mb")
 
 
-def _providers(variant: OnnxArtifact, profile: Any, available: list[str], warnings: list[str]) -> list[str]:
+def _providers(variant: OnnxArtifact, profile: Profile, available: list[str], warnings: list[str]) -> list[str]:
     from edgekit.catalog import load_target
 
     target = load_target(str(variant.meta.get("target") or profile.target))
@@ -38,7 +43,7 @@ def _providers(variant: OnnxArtifact, profile: Any, available: list[str], warnin
     return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
 
 
-def _token_pool(source: Any, eval_data: Path | None, n: int) -> list[int]:
+def _token_pool(source: SourceModel, eval_data: Path | None, n: int) -> list[int]:
     from edgekit.bench.fidelity import eval_token_ids
 
     ids = eval_token_ids(source.load_tokenizer(), eval_data, n)
@@ -47,7 +52,7 @@ def _token_pool(source: Any, eval_data: Path | None, n: int) -> list[int]:
     return (ids * (n // len(ids) + 1))[:n]  # repeat a short text rather than fail
 
 
-def _workload_spec(source: Any, profile: Any, eval_data: Path | None, warnings: list[str]) -> dict[str, Any]:
+def _workload_spec(source: SourceModel, profile: Profile, eval_data: Path | None, warnings: list[str]) -> dict[str, Any]:
     wl = profile.workload
     cfg = source.config
     max_pos = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1 << 20)
@@ -91,7 +96,7 @@ def _measure(specs: dict[str, dict[str, Any]], max_time_s: float) -> dict[str, d
     return out
 
 
-def _source_block(source: Any) -> tuple[dict[str, Any], float, float]:
+def _source_block(source: SourceModel) -> tuple[dict[str, Any], float, float]:
     fp = source.fingerprint
     size_mb = sum(p.stat().st_size for p in source.weight_files) / 1e6
     params = fp.get("parameters") or size_mb * 1e6 / 4  # fp32 weights: 4 bytes each
@@ -100,7 +105,7 @@ def _source_block(source: Any) -> tuple[dict[str, Any], float, float]:
     return block, size_mb, float(params)
 
 
-def _check_lineage(variant: OnnxArtifact, source: Any) -> None:
+def _check_lineage(variant: OnnxArtifact, source: SourceModel) -> None:
     """The variant must come from this architecture (a distilled student benched against its teacher is fine)."""
     record = variant.meta.get("export", variant.meta) if isinstance(variant.meta.get("export"), dict) else variant.meta
     made_from = (record.get("source") or {}).get("model_type")
@@ -111,7 +116,7 @@ def _check_lineage(variant: OnnxArtifact, source: Any) -> None:
         raise BenchError(f"the variant's vocabulary ({vocab}) differs from the source's ({source.config['vocab_size']}): wrong --source?")
 
 
-def bench(variant: OnnxArtifact, source: Any, profile: Any, *, eval_data: Path | None = None, on_device: bool = False,
+def bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_data: Path | None = None, on_device: bool = False,
           eval_tokens: int = DEFAULT_EVAL_TOKENS, max_time_s: float = DEFAULT_MAX_TIME_S,
           decode_prompts: int = DEFAULT_DECODE_PROMPTS) -> dict[str, Any]:
     """Measure `variant` (ONNX) against `source` (PyTorch fp32) for `profile`; return the report dict."""
@@ -179,7 +184,7 @@ def _variant_block(variant: OnnxArtifact, provider: str, requested: list[str], h
             "size_mb": round(variant.size_mb, 3), "provider": provider, "providers_requested": requested}
 
 
-def _estimate(variant: OnnxArtifact, source: Any, profile: Any, host: dict[str, Any], measured: dict[str, Any],
+def _estimate(variant: OnnxArtifact, source: SourceModel, profile: Profile, host: dict[str, Any], measured: dict[str, Any],
               params: float, threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
     from edgekit.bench import roofline
 

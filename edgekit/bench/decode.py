@@ -12,12 +12,22 @@ Prompts are independent, so intervals resample whole prompts (`n_windows` = prom
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit import progress
 from edgekit.bench.fidelity import CausalStats, causal_stats, eval_documents, metric
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from onnxruntime import InferenceSession
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from edgekit.runtime import Decoder
+    from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +36,7 @@ DEFAULT_PROMPT_TOKENS = 32
 DEFAULT_NEW_TOKENS = 32
 
 
-def decode_prompts(tokenizer: Any, eval_data: Any, n: int, length: int) -> list[list[int]]:
+def decode_prompts(tokenizer: PreTrainedTokenizerBase, eval_data: Path | None, n: int, length: int) -> list[list[int]]:
     """The first `length` tokens of the first `n` documents long enough to give them."""
     out: list[list[int]] = []
     for doc in eval_documents(eval_data):
@@ -38,7 +48,7 @@ def decode_prompts(tokenizer: Any, eval_data: Any, n: int, length: int) -> list[
     return out
 
 
-def source_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+def source_greedy(model: Module, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
     """Greedy tokens and the logits each was picked from ([new_tokens, vocab]), through the model's KV cache."""
     import torch
 
@@ -58,7 +68,7 @@ def source_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[
     return tokens, np.stack(rows)
 
 
-def variant_forced(decoder: Any, prompt: list[int], continuation: list[int]) -> np.ndarray:
+def variant_forced(decoder: Decoder, prompt: list[int], continuation: list[int]) -> np.ndarray:
     """The variant's logits at each decode step, fed `continuation` through its KV cache ([len, vocab])."""
     if not decoder.with_past:
         raise ValueError("the variant graph has no KV cache inputs: there is no decode path to check")
@@ -96,10 +106,10 @@ def summarize_decode(matched: list[int], new_tokens: int, steps: list[CausalStat
 
 
 def decode_check(
-    variant_session: Any,
-    model: Any,
-    tokenizer: Any,
-    eval_data: Any,
+    variant_session: InferenceSession,
+    model: Module,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_data: Path | None,
     *,
     prompts: int = DEFAULT_PROMPTS,
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
@@ -143,9 +153,9 @@ def decode_check(
 
 
 def measure_decode(
-    variant_session: Any,
-    source: Any,
-    eval_data: Any,
+    variant_session: InferenceSession,
+    source: SourceModel,
+    eval_data: Path | None,
     prompts: int = DEFAULT_PROMPTS,
     new_tokens: int = DEFAULT_NEW_TOKENS,
 ) -> dict[str, Any] | None:

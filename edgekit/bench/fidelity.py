@@ -17,12 +17,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit import progress
 from edgekit.errors import InputError
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+    from transformers import PreTrainedTokenizerBase
+
+    from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,8 @@ ENCODER_MAX_TOKENS = 128
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    out: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return out
 
 
 @dataclass
@@ -152,13 +159,14 @@ def _ratio(a: float, b: float) -> float:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
-    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+    out: np.ndarray = x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+    return out
 
 
 # ---------------------------------------------------------------- real models
 
 
-def eval_token_ids(tokenizer: Any, eval_data: Path | None, eval_tokens: int) -> list[int]:
+def eval_token_ids(tokenizer: PreTrainedTokenizerBase, eval_data: Path | None, eval_tokens: int) -> list[int]:
     """The first `eval_tokens` tokens of the held-out text (lines joined by blank lines)."""
     from edgekit.data import load_texts
 
@@ -205,7 +213,7 @@ def document_windows(docs: list[list[int]], size: int, eval_tokens: int) -> list
     return out
 
 
-def tokenize_documents(tokenizer: Any, documents: list[str], eval_tokens: int, size: int) -> list[list[int]]:
+def tokenize_documents(tokenizer: PreTrainedTokenizerBase, documents: list[str], eval_tokens: int, size: int) -> list[list[int]]:
     """Token ids per document; stops once the first windows alone cover `eval_tokens` (round-robin never
     reaches a later document then)."""
     out: list[list[int]] = []
@@ -232,8 +240,8 @@ def eval_windows(tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
     return wins
 
 
-def causal_fidelity(variant_session: Any, model: Any, tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
-                    eval_tokens: int) -> dict[str, dict[str, Any]]:
+def causal_fidelity(variant_session: InferenceSession, model: Any, tokenizer: Any, config: dict[str, Any],
+                    eval_data: Path | None, eval_tokens: int) -> dict[str, dict[str, Any]]:
     import torch
 
     from edgekit.runtime import Decoder
@@ -272,7 +280,7 @@ def encoder_texts(eval_data: Path | None, eval_tokens: int, task: str) -> tuple[
     return lines, labels
 
 
-def encoder_fidelity(variant_session: Any, model: Any, tokenizer: Any, task: str, config: dict[str, Any],
+def encoder_fidelity(variant_session: InferenceSession, model: Any, tokenizer: Any, task: str, config: dict[str, Any],
                      eval_data: Path | None, eval_tokens: int) -> dict[str, dict[str, Any]]:
     import torch
 
@@ -313,7 +321,7 @@ def _label_ids(names: list[str], id2label: dict[Any, Any]) -> np.ndarray:
     return np.asarray(out)
 
 
-def measure_fidelity(variant_session: Any, source: Any, eval_data: Path | None, eval_tokens: int) -> dict[str, Any]:
+def measure_fidelity(variant_session: InferenceSession, source: SourceModel, eval_data: Path | None, eval_tokens: int) -> dict[str, Any]:
     """Run source (PyTorch fp32) and variant (ONNX) on the same tokens; returns fidelity metrics."""
     import torch
 

@@ -11,12 +11,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.bench.latency import PREFIX
 from edgekit.util import peak_rss_mb
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 
 def own_peak_rss_mb() -> float:
@@ -39,7 +42,7 @@ def _onnx(spec: dict[str, Any]) -> tuple[Any, float, dict[str, Any]]:
     return session, load_s, {"provider": session.get_providers()[0]}
 
 
-def _onnx_generate(session: Any) -> Any:
+def _onnx_generate(session: InferenceSession) -> Any:
     from edgekit.runtime import Decoder
 
     decoder = Decoder(session)
@@ -51,7 +54,7 @@ def _onnx_generate(session: Any) -> Any:
     return gen
 
 
-def _onnx_encode(session: Any, task: str) -> Any:
+def _onnx_encode(session: InferenceSession, task: str) -> Any:
     from edgekit.runtime import Encoder
 
     encoder = Encoder(session, task)

@@ -43,7 +43,7 @@ def write_report(report: dict[str, Any], folder: Path | str, *, stem: str = "rep
     return paths
 
 
-def _num(value: Any) -> str:
+def _num(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):

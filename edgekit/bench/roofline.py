@@ -16,9 +16,14 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.util import cache_dir
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edgekit.specs import Profile, Workload
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,7 @@ LATENCY_METRICS = ("ttft_ms", "per_token_ms", "latency_ms")
 RATE_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "throughput_items_per_s")
 
 
-def _best(fn: Any, repeats: int = 5) -> float:
+def _best(fn: Callable[[], object], repeats: int = 5) -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -104,7 +109,7 @@ def kv_bytes_per_position(config: dict[str, Any], dtype_bytes: int = 4) -> int:
     return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
-def work(task: str, weight_bytes: float, params: float, config: dict[str, Any], workload: Any) -> dict[str, tuple[float, float]]:
+def work(task: str, weight_bytes: float, params: float, config: dict[str, Any], workload: Workload) -> dict[str, tuple[float, float]]:
     """(bytes, FLOPs) of one unit of each measured quantity: a decode step, a prefill, an encoder batch."""
     if task != "text-generation":
         tokens = workload.batch_size * workload.prompt_tokens
@@ -133,14 +138,16 @@ def device_roofs(dev: Any) -> dict[str, tuple[float, float]]:
 
 
 def estimate_device(measured: dict[str, Any], task: str, method: str, weight_bytes: float, params: float,
-                    config: dict[str, Any], profile: Any, host: dict[str, Any]) -> dict[str, Any]:
+                    config: dict[str, Any], profile: Profile, host: dict[str, Any]) -> dict[str, Any]:
     """Scale the host's measured metrics to the profile's device, each with a `range` from the device's
     efficiency band. Like with like: the host's *measured* fp32 roofline against the device's *derated* fp32
     roofline, whatever the method: an int8 method's gain is already in the host measurement, and comparing the
     device's int8 peak with the host's fp32 peak would count it twice."""
     units = work(task, weight_bytes, params, config, profile.workload)
     roofs = device_roofs(profile.device)
-    datasheet = (float(profile.device.memory_bandwidth_gbps), float(profile.device.peak_gflops_fp32))
+    bandwidth, peak = profile.device.memory_bandwidth_gbps, profile.device.peak_gflops_fp32
+    assert bandwidth is not None and peak is not None  # DeviceSpec requires both on a device that is not the host
+    datasheet = (float(bandwidth), float(peak))
     which = {"decode_tokens_per_s": "decode", "per_token_ms": "decode", "ttft_ms": "prefill",
              "prefill_tokens_per_s": "prefill", "latency_ms": "batch", "throughput_items_per_s": "batch"}
     out: dict[str, Any] = {}
@@ -176,7 +183,7 @@ def _entry(metric: str, src: dict[str, Any], factors: dict[str, float], bound: f
     return entry
 
 
-def _roofline_bound(metric: str, dev_t: float, workload: Any) -> float:
+def _roofline_bound(metric: str, dev_t: float, workload: Workload) -> float:
     """The device roofline for `metric`: a floor for latencies (ms), a ceiling for rates."""
     per_unit = {"decode_tokens_per_s": 1.0, "prefill_tokens_per_s": float(workload.prompt_tokens),
                 "throughput_items_per_s": float(workload.batch_size)}
@@ -189,7 +196,7 @@ def _clamp(metric: str, value: float, bound: float) -> float:
     return max(value, bound) if metric in LATENCY_METRICS else min(value, bound)
 
 
-def basis(task: str, method: str, weight_bytes: float, params: float, config: dict[str, Any], profile: Any,
+def basis(task: str, method: str, weight_bytes: float, params: float, config: dict[str, Any], profile: Profile,
           host: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     """The inputs of the estimate, and how close this host got to its own roofline (its efficiency)."""
     units = work(task, weight_bytes, params, config, profile.workload)

@@ -11,11 +11,16 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from edgekit import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from sys import UnraisableHookArgs
+    from types import FrameType
 
 # command name → "module:attribute"; modules are imported only when their command runs (fast --help).
 COMMANDS: dict[str, str] = {
@@ -106,7 +111,7 @@ class _Interrupt:
     received = False
 
 
-def _on_sigint(signum: int, frame: Any) -> None:
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
     _Interrupt.received = True
     raise KeyboardInterrupt
 
@@ -147,8 +152,8 @@ def _exit(code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _drop_interrupt_noise(hook: Any) -> Any:
-    def unraisable(info: Any) -> None:
+def _drop_interrupt_noise(hook: Callable[[UnraisableHookArgs], object]) -> Callable[[UnraisableHookArgs], None]:
+    def unraisable(info: UnraisableHookArgs) -> None:
         if isinstance(info.exc_value, KeyboardInterrupt):
             return  # "Exception ignored in ...: KeyboardInterrupt" from a finalizer: the interrupt is recorded
         hook(info)

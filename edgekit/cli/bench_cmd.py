@@ -47,6 +47,7 @@ def bench(model: Path, source_spec: str | None, profile_name: str, eval_data: Pa
         return
     if source_spec is None:
         raise InputError("give --source (the model MODEL came from), or --on-device on a bundle")
+    from edgekit.records import set_sanity
     from edgekit.source import load_source
     from edgekit.source.integrity import check_source
 
@@ -56,7 +57,7 @@ def bench(model: Path, source_spec: str | None, profile_name: str, eval_data: Pa
     sanity = check_source(source, eval_data=eval_data, allow_implausible=allow_implausible_source)
     report = run_bench(variant, source, profile, eval_data=eval_data, on_device=on_device, eval_tokens=eval_tokens,
                        max_time_s=max_time, decode_prompts=decode_prompts)
-    report["source"] = {**(report.get("source") or {}), "sanity": sanity}
+    set_sanity(report, sanity)
     written = None
     if out is not None:
         folder, stem = (out.parent, out.stem) if out.suffix == ".json" else (out, "report")

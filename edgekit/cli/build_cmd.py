@@ -10,6 +10,7 @@ import click
 
 from edgekit.cli.inspect_cmd import allow_implausible_option, sanity_line
 from edgekit.cli.options import common_options, echo, emit_json, table
+from edgekit.records import Report
 from edgekit.specs import METHODS
 
 
@@ -61,7 +62,7 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
         echo(table([(s["stage"], s["seconds"], s.get("peak_rss_mb"), s.get("children_peak_rss_mb"))
                     for s in result.stages], ["stage", "seconds", "peak RSS MB", "subprocess peak RSS MB"]))
         echo()
-        sanity = (result.report.get("source") or {}).get("sanity")
+        sanity = Report(result.report).sanity
         if sanity:
             echo(sanity_line(sanity))
         print_gate(result.gate)

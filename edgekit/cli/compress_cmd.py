@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgekit.cli.options import common_options, echo, emit_json, note, table
+
+if TYPE_CHECKING:
+    from edgekit.artifact import OnnxArtifact
+    from edgekit.specs import Target
 
 
 @click.command()
@@ -69,7 +73,7 @@ def compress(model: str, method: str, target_name: str, out: Path, task: str | N
     echo(table(rows, ["compress", "value"]))
 
 
-def _artifact(model: str, target: Any, task: str | None, trust_remote_code: bool, tmp: Path) -> Any:
+def _artifact(model: str, target: Target, task: str | None, trust_remote_code: bool, tmp: Path) -> OnnxArtifact:
     """An exported folder is used as is; anything else is a SOURCE, exported into `tmp` first."""
     from edgekit.artifact import MODEL_FILE, OnnxArtifact
 

@@ -34,8 +34,8 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
 @common_options
 def distill(source: str, out: Path, task: str | None, trust_remote_code: bool, as_json: bool, **options: Any) -> None:
     """Distill SOURCE into a smaller student (an HF folder that is a valid SOURCE for export/compress/bench)."""
-    from edgekit.compress.distill import distill as run_distill
-    from edgekit.compress.distill import load_spec
+    from edgekit.distill import distill as run_distill
+    from edgekit.distill import load_spec
     from edgekit.source import load_source
 
     spec = load_spec(**options)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgekit.cli.options import common_options, echo, emit_json
+
+if TYPE_CHECKING:
+    from edgekit.gate import GateResult
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def default_gate_json(report: Path) -> Path | None:
     return None if (folder / "edgekit.json").is_file() else folder / "gate.json"
 
 
-def print_gate(result: Any) -> None:
+def print_gate(result: GateResult) -> None:
     """The rule table, failing rules first, with how far off each one is."""
     from edgekit.cli.options import table
 
@@ -72,7 +75,7 @@ def print_gate(result: Any) -> None:
     echo("\n".join(["", *notes, f"gate {result.profile}: {verdict}"]))
 
 
-def finish_gate(result: Any) -> None:
+def finish_gate(result: GateResult) -> None:
     from edgekit.errors import GateFailed
 
     if not result.passed:

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.runtime import LOGITS_TO_KEEP
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from onnxruntime import InferenceSession
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from edgekit.runtime import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,7 @@ def token_sequences(folder: Path, texts: list[str], n: int, max_tokens: int = MA
     return seqs
 
 
-def decoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
+def decoder_feeds(session: InferenceSession, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
     """Prefill feeds (empty cache) and decode-step feeds (real cache from `session`, an fp32 decoder)."""
     from edgekit.runtime import Decoder
 
@@ -56,7 +64,7 @@ def decoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndar
     return feeds
 
 
-def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict[str, np.ndarray]:
+def _decoder_feed(dec: Decoder, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict[str, np.ndarray]:
     batch, seq = ids.shape
     feed: dict[str, np.ndarray] = {"input_ids": ids.astype(np.int64)}
     if "attention_mask" in dec.input_names:
@@ -64,7 +72,7 @@ def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None,
     if "position_ids" in dec.input_names:
         feed["position_ids"] = np.arange(past_len, past_len + seq, dtype=np.int64)[None, :]
     if dec.with_past:
-        feed.update(past if past is not None else dec._empty_past(batch))
+        feed.update(past if past is not None else dec.empty_past(batch))
     # Every position's logits, to calibrate the lm_head on what fidelity runs: the graph's default (0) where it
     # has one; quantizers that check feeds against the graph's inputs reject an overridable initializer.
     if dec.binds_keep_last:
@@ -72,7 +80,7 @@ def _decoder_feed(dec: Any, ids: np.ndarray, past: dict[str, np.ndarray] | None,
     return feed
 
 
-def encoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
+def encoder_feeds(session: InferenceSession, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
     names = {i.name for i in session.get_inputs()}
     feeds = []
     for seq in seqs:
@@ -84,11 +92,11 @@ def encoder_feeds(session: Any, seqs: list[list[int]]) -> list[dict[str, np.ndar
     return feeds
 
 
-def model_feeds(session: Any, task: str, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
+def model_feeds(session: InferenceSession, task: str, seqs: list[list[int]]) -> list[dict[str, np.ndarray]]:
     return decoder_feeds(session, seqs) if task == "text-generation" else encoder_feeds(session, seqs)
 
 
-def make_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
+def make_reader(feeds: list[dict[str, np.ndarray]]) -> CalibrationDataReader:
     """An onnxruntime CalibrationDataReader over prepared feeds (re-iterable: GPTQ deep-copies it)."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -106,7 +114,7 @@ def make_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
         def rewind(self) -> None:
             self.pos = 0
 
-        def __iter__(self) -> Any:
+        def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
             return iter(self.feeds)
 
     return Reader()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.bench.fidelity import log_softmax
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ COSINE_FLOOR = 0.99
 SLOWER_MARGIN = 1.05
 
 
-def decoder_agreement(parent: Any, variant: Any, seqs: list[list[int]]) -> dict[str, float]:
+def decoder_agreement(parent: InferenceSession, variant: InferenceSession, seqs: list[list[int]]) -> dict[str, float]:
     """Top-1 agreement and mean KL(parent || variant) over every position of `seqs` (full forward, empty past)."""
     from edgekit.runtime import Decoder
 
@@ -36,7 +39,7 @@ def decoder_agreement(parent: Any, variant: Any, seqs: list[list[int]]) -> dict[
     return {"top1_agreement": round(agree / max(n, 1), 4), "kld_mean": round(kld / max(n, 1), 6), "tokens": n}
 
 
-def encoder_agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]]) -> dict[str, float]:
+def encoder_agreement(parent: InferenceSession, variant: InferenceSession, task: str, seqs: list[list[int]]) -> dict[str, float]:
     """Cosine of pooled embeddings (feature extraction) or label agreement (classification)."""
     from edgekit.runtime import Encoder
 
@@ -53,7 +56,7 @@ def encoder_agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]
     return {key: round(float(np.mean(values)), 4) if values else 0.0, "samples": len(values)}
 
 
-def agreement(parent: Any, variant: Any, task: str, seqs: list[list[int]], method: str = "") -> dict[str, Any]:
+def agreement(parent: InferenceSession, variant: InferenceSession, task: str, seqs: list[list[int]], method: str = "") -> dict[str, Any]:
     """The quick accuracy check; adds `warning` when the variant falls under the floor."""
     if task == "text-generation":
         out: dict[str, Any] = decoder_agreement(parent, variant, seqs)
@@ -78,7 +81,7 @@ def primary(check: dict[str, Any]) -> float:
     return 0.0
 
 
-def _time_pair(parent: Any, variant: Any, feed: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
+def _time_pair(parent: InferenceSession, variant: InferenceSession, feed: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
     """Median ms of each, runs interleaved so that load from other processes slows both alike."""
     parent.run(None, feed)  # warm-up: first runs allocate and pack weights
     variant.run(None, feed)
@@ -91,7 +94,7 @@ def _time_pair(parent: Any, variant: Any, feed: dict[str, np.ndarray], runs: int
     return float(np.median(times[0])) * 1000, float(np.median(times[1])) * 1000
 
 
-def speed(parent: Any, variant: Any, feeds: list[dict[str, np.ndarray]], runs: int = 5) -> dict[str, Any]:
+def speed(parent: InferenceSession, variant: InferenceSession, feeds: list[dict[str, np.ndarray]], runs: int = 5) -> dict[str, Any]:
     """Median forward time of parent and variant on the same feeds: a prefill and (decoders) a decode step."""
     out: dict[str, Any] = {"runs": runs, "cases": {}}
     slower = []

@@ -7,9 +7,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,14 @@ class WeightNode:
     shape: tuple[int, ...]
 
 
-def _float_inits(graph: Any) -> dict[str, Any]:
+def _float_inits(graph: GraphProto) -> dict[str, Any]:
     from onnx import TensorProto
 
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
     return {i.name: i for i in graph.initializer if i.data_type in floats}
 
 
-def weight_nodes(model: Any, ops: tuple[str, ...] = ("MatMul", "Gemm", "Gather")) -> list[WeightNode]:
+def weight_nodes(model: ModelProto, ops: tuple[str, ...] = ("MatMul", "Gemm", "Gather")) -> list[WeightNode]:
     """Nodes of `ops` whose weight is a 2-D float initializer (what weight quantizers can touch)."""
     inits = _float_inits(model.graph)
     out = []
@@ -47,7 +50,7 @@ def weight_nodes(model: Any, ops: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
     return out
 
 
-def lm_head(model: Any) -> str | None:
+def lm_head(model: ModelProto) -> str | None:
     """The MatMul/Gemm producing the `logits` output (possibly through a reshape or cast)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     names = {o.name for o in model.graph.output}
@@ -63,7 +66,7 @@ def lm_head(model: Any) -> str | None:
     return None
 
 
-def token_embedding(model: Any, vocab_size: int | None) -> str | None:
+def token_embedding(model: ModelProto, vocab_size: int | None) -> str | None:
     """The Gather on the [vocab, hidden] table: the vocabulary-sized one, else the largest float table."""
     gathers = [w for w in weight_nodes(model, ("Gather",))]
     if vocab_size:
@@ -73,7 +76,7 @@ def token_embedding(model: Any, vocab_size: int | None) -> str | None:
     return max(gathers, key=lambda w: w.shape[0] * w.shape[1]).name if gathers else None
 
 
-def ensure_names(model: Any) -> None:
+def ensure_names(model: ModelProto) -> None:
     """Quantizers select nodes by name: give unnamed nodes stable names."""
     counts: Counter[str] = Counter()
     for node in model.graph.node:
@@ -82,7 +85,7 @@ def ensure_names(model: Any) -> None:
             node.name = f"{node.op_type}_edgekit_{counts[node.op_type]}"
 
 
-def gemm_to_matmul(model: Any) -> list[str]:
+def gemm_to_matmul(model: ModelProto) -> list[str]:
     """Rewrite plain Gemm(A, B[, C]) with a constant B as MatMul (+ Add): MatMulNBits only matches MatMul.
 
     GPT-2's Conv1D layers export as Gemm; without this the weight-only quantizers silently skip them.
@@ -118,7 +121,7 @@ def match(name: str, patterns: tuple[str, ...] | list[str] | set[str]) -> bool:
     return any(p == name or p in name for p in patterns)
 
 
-def op_counts(model: Any) -> dict[str, int]:
+def op_counts(model: ModelProto) -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node))
 
 
@@ -140,7 +143,7 @@ def block_error(weight: np.ndarray, bits: int, block: int) -> float:
     return float(np.linalg.norm(q - blocks)) / max(norm, 1e-12)
 
 
-def sensitivity(model: Any, names: list[str], bits: int, block: int) -> dict[str, float]:
+def sensitivity(model: ModelProto, names: list[str], bits: int, block: int) -> dict[str, float]:
     """Quantization error per node, scaled by weight size so big projections rank ahead of tiny ones."""
     from onnx import numpy_helper
 

@@ -11,12 +11,15 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.compress.specs import DynamicInt8Spec, Fp16Spec, MethodSpec, StaticInt8Spec, WeightOnlySpec
 from edgekit.errors import CompressError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,8 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _save(model: Any, path: Path) -> Path:
+def save_model(model: ModelProto, path: Path) -> Path:
+    """Save an onnx ModelProto, with external data past protobuf's 2 GB limit."""
     import onnx
 
     big = model.ByteSize() > 1_500_000_000 if model.ByteSize() >= 0 else True
@@ -54,7 +58,7 @@ def _save(model: Any, path: Path) -> Path:
     return path
 
 
-def _nbits(model: Any, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> Any:
+def _nbits(model: ModelProto, algo_config: Any, spec: WeightOnlySpec, exclude: set[str], bits: int) -> ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     class Quantizer(MatMulNBitsQuantizer):  # type: ignore[misc]
@@ -69,10 +73,11 @@ def _nbits(model: Any, algo_config: Any, spec: WeightOnlySpec, exclude: set[str]
     q = Quantizer(model, bits=bits, block_size=spec.block_size, is_symmetric=spec.symmetric,
                   accuracy_level=spec.accuracy_level, nodes_to_exclude=sorted(exclude), algo_config=algo_config)
     q.process()
-    return q.model.model
+    quantized: ModelProto = q.model.model
+    return quantized
 
 
-def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
+def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelProto:
     """MatMulNBits for every weight MatMul; the lm_head at `lm_head_bits`; the embedding Gather at `embed_bits`."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -116,7 +121,7 @@ def weight_only(spec: WeightOnlySpec, model: Any, plan: Plan) -> Any:
     return model
 
 
-def _embedding(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
+def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:
     """The token-embedding Gather as GatherBlockQuantized: 4-bit via onnxruntime's Gather quantizer, 8-bit
     (which that quantizer lacks) from onnxruntime's own 8-bit block kernel, blocks along the hidden axis."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
@@ -130,7 +135,7 @@ def _embedding(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
     return _nbits(model, cfg, spec, others | plan.exclude, 4)
 
 
-def _embedding8(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
+def _embedding8(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:
     from onnx import helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -168,11 +173,11 @@ def _embedding8(model: Any, spec: WeightOnlySpec, plan: Plan) -> Any:
     return model
 
 
-def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:
+def dynamic_int8(spec: DynamicInt8Spec, model: ModelProto, plan: Plan) -> ModelProto:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src, dst = _save(model, plan.work / "dyn_in.onnx"), plan.work / "dyn_out.onnx"
+    src, dst = save_model(model, plan.work / "dyn_in.onnx"), plan.work / "dyn_out.onnx"
     with _cwd(plan.work):
         quantize_dynamic(src, dst, op_types_to_quantize=list(spec.op_types), per_channel=spec.per_channel,
                          reduce_range=spec.reduce_range, weight_type=_qtype(QuantType, spec.weight_type),
@@ -180,7 +185,7 @@ def dynamic_int8(spec: DynamicInt8Spec, model: Any, plan: Plan) -> Any:
     return onnx.load(str(dst))
 
 
-def static_int8(spec: StaticInt8Spec, model: Any, plan: Plan) -> Any:
+def static_int8(spec: StaticInt8Spec, model: ModelProto, plan: Plan) -> ModelProto:
     """QDQ static int8 after onnxruntime's recommended preprocessing (shape inference + optimization)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -189,7 +194,7 @@ def static_int8(spec: StaticInt8Spec, model: Any, plan: Plan) -> Any:
 
     if not plan.feeds:
         raise CompressError("int8-static needs calibration text and got none")
-    src, pre, dst = _save(model, plan.work / "st_in.onnx"), plan.work / "st_pre.onnx", plan.work / "st_out.onnx"
+    src, pre, dst = save_model(model, plan.work / "st_in.onnx"), plan.work / "st_pre.onnx", plan.work / "st_out.onnx"
     with _cwd(plan.work):
         pre = _preprocess(src, pre, plan)
         quantize_static(str(pre), str(dst), make_reader(plan.feeds), quant_format=QuantFormat.QDQ,
@@ -225,11 +230,12 @@ def _extra() -> dict[str, Any]:
     return {"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT}
 
 
-def fp16(spec: Fp16Spec, model: Any, plan: Plan) -> Any:
+def fp16(spec: Fp16Spec, model: ModelProto, plan: Plan) -> ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=spec.keep_io_types,
-                                    node_block_list=sorted(plan.exclude) or None)
+    half: ModelProto = convert_float_to_float16(model, keep_io_types=spec.keep_io_types,
+                                                node_block_list=sorted(plan.exclude) or None)
+    return half
 
 
 def _qtype(enum: Any, name: str) -> Any:
@@ -244,12 +250,13 @@ HANDLERS: dict[type[MethodSpec], Callable[[Any, Any, Plan], Any]] = {
 }
 
 
-def run_handler(spec: MethodSpec, model: Any, plan: Plan) -> Any:
+def run_handler(spec: MethodSpec, model: ModelProto, plan: Plan) -> ModelProto:
     handler = HANDLERS.get(type(spec))
     if handler is None:
         raise CompressError(f"no quantizer for spec {type(spec).__name__}")
     try:
-        return handler(spec, model, plan)
+        variant: ModelProto = handler(spec, model, plan)
+        return variant
     except CompressError:
         raise
     except Exception as exc:

@@ -15,14 +15,17 @@ reading the same x) and one small MatMul per node. Exact up to float rounding; H
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
 
 log = logging.getLogger(__name__)
 
 
-def split_float_offsets(model: Any, accuracy_level: int | None) -> int:
+def split_float_offsets(model: ModelProto, accuracy_level: int | None) -> int:
     """Rewrite every MatMulNBits with float zero points in place; returns how many were rewritten."""
     from onnx import numpy_helper
 
@@ -54,7 +57,7 @@ def split_float_offsets(model: Any, accuracy_level: int | None) -> int:
     return rewritten
 
 
-def _plan(node: Any, inits: dict[str, Any]) -> tuple[int, int, int, int] | None:
+def _plan(node: NodeProto, inits: dict[str, Any]) -> tuple[int, int, int, int] | None:
     """(K, N, block, bits) when `node` is a MatMulNBits with a float zero-point initializer over whole blocks."""
     from onnx import TensorProto, helper
 
@@ -72,7 +75,7 @@ def _plan(node: Any, inits: dict[str, Any]) -> tuple[int, int, int, int] | None:
     return k, n, block, bits
 
 
-def _block_sum_node(model: Any, nodes: list[Any], x: str, k: int, block: int) -> str:
+def _block_sum_node(model: ModelProto, nodes: list[Any], x: str, k: int, block: int) -> str:
     """x · E with E[k, b] = 1 where k // block == b: the per-block sums of x, shape [..., K / block]."""
     from onnx import helper, numpy_helper
 
@@ -84,7 +87,7 @@ def _block_sum_node(model: Any, nodes: list[Any], x: str, k: int, block: int) ->
     return f"{base}_out"
 
 
-def _attach_correction(model: Any, nodes: list[Any], node: Any, sums: str, offset_t: np.ndarray,
+def _attach_correction(model: ModelProto, nodes: list[NodeProto], node: NodeProto, sums: str, offset_t: np.ndarray,
                        accuracy_level: int | None) -> None:
     """Make `node` symmetric (no zero points) and add sums · offset to its output."""
     from onnx import helper, numpy_helper

@@ -12,8 +12,9 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import progress
 from edgekit.artifact import MODEL_FILE, OnnxArtifact
@@ -24,10 +25,29 @@ from edgekit.errors import InputError, UnsupportedError
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
 
+if TYPE_CHECKING:
+    from onnx import ModelProto
+    from onnxruntime import InferenceSession
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "edgekit/compress@1"
 FALLBACK_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+@dataclass
+class _Job:
+    """One compress run's state, shared by its steps: what is quantized, how, checked on what, written where."""
+
+    artifact: OnnxArtifact
+    spec: MethodSpec
+    plan: Plan
+    parent: Any  # the fp32 parent's onnxruntime session
+    seqs: list[list[int]]
+    feeds: list[dict[str, Any]]
+    tmp: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    t0: float = field(default_factory=time.perf_counter)
 
 
 def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, out: Path | str, *,
@@ -57,25 +77,25 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
         base = onnx.load(str(artifact.model_file))
         graph.ensure_names(base)
         record["nodes"] = {"converted_gemm": graph.gemm_to_matmul(base) if spec.method != "fp16" else []}
-        plan = _plan(base, spec, artifact, work, feeds)
-        variant, check = _quantize_checked(spec, artifact, plan, parent, seqs, tmp, record)
+        job = _Job(artifact, spec, _plan(base, spec, artifact, work, feeds), parent, seqs, feeds, tmp, record, t0)
+        variant, check = _quantize_checked(job)
         if max_top1_drop is not None:
-            variant, check = _fallback(spec, artifact, base, plan, parent, seqs, tmp, record, check, max_top1_drop)
-        _finish(record, base, variant, plan, spec, check, parent, feeds, tmp, artifact, t0)
+            variant, check = _fallback(job, base, check, max_top1_drop)
+        _finish(job, base, variant, check)
         shutil.rmtree(work, ignore_errors=True)
     return OnnxArtifact.load(out)
 
 
 def _base_record(artifact: OnnxArtifact, spec: MethodSpec, target: Target) -> dict[str, Any]:
-    from edgekit.export import _versions
+    from edgekit.export import versions
 
     meta = artifact.meta
     return {"schema": SCHEMA, "task": artifact.task, "method": spec.method, "target": target.name,
             "source": meta.get("source"), "settings": spec.settings(), "timings_s": {}, "warnings": [],
-            "versions": _versions(), "export": meta}
+            "versions": versions(), "export": meta}
 
 
-def _calibration(artifact: OnnxArtifact, parent: Any, path: Path | str | None, n: int,
+def _calibration(artifact: OnnxArtifact, parent: InferenceSession, path: Path | str | None, n: int,
                  record: dict[str, Any]) -> tuple[list[list[int]], list[dict[str, Any]]]:
     from edgekit.compress.calibration import model_feeds, token_sequences
     from edgekit.data import load_texts
@@ -95,7 +115,7 @@ def _calibration(artifact: OnnxArtifact, parent: Any, path: Path | str | None, n
     return seqs, feeds
 
 
-def _plan(model: Any, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
+def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
     nodes = graph.weight_nodes(model)
     keep = {w.name for w in nodes if graph.match(w.name, spec.keep_fp) or graph.match(w.weight, spec.keep_fp)}
     vocab = artifact.config.get("vocab_size")
@@ -104,26 +124,26 @@ def _plan(model: Any, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feed
                 gathers=[w.name for w in nodes if w.op == "Gather"])
 
 
-def _quantize_checked(spec: MethodSpec, artifact: OnnxArtifact, plan: Plan, parent: Any, seqs: list[list[int]],
-                      tmp: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Quantize a fresh copy of the parent with `plan`, save it to `tmp`, and check it against the parent."""
+def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
+    """Quantize a fresh copy of the parent with `job.plan`, save it to `job.tmp`, and check it against the parent."""
     import onnx
 
     from edgekit.runtime import make_session
 
+    spec, artifact, tmp, record = job.spec, job.artifact, job.tmp, job.record
     base = onnx.load(str(artifact.model_file))
     graph.ensure_names(base)
     if spec.method != "fp16":
         graph.gemm_to_matmul(base)
     t = time.perf_counter()
     with progress.stage(f"compress: {spec.method}"):
-        variant = run_handler(spec, base, plan)
+        variant = run_handler(spec, base, job.plan)
     record["timings_s"]["quantize"] = round(record["timings_s"].get("quantize", 0) + time.perf_counter() - t, 2)
     for stale in tmp.glob(MODEL_FILE + "*"):
         stale.unlink()
-    from edgekit.compress.handlers import _save
+    from edgekit.compress.handlers import save_model
 
-    _save(variant, tmp / MODEL_FILE)
+    save_model(variant, tmp / MODEL_FILE)
     try:
         session = make_session(tmp / MODEL_FILE)
     except Exception as exc:
@@ -132,14 +152,14 @@ def _quantize_checked(spec: MethodSpec, artifact: OnnxArtifact, plan: Plan, pare
         raise CompressError(f"{spec.method}: onnxruntime cannot load the quantized model "
                             f"({str(exc).splitlines()[0][:200]})") from exc
     with progress.stage("compress: accuracy check"):
-        check = checks.agreement(parent, session, artifact.task, seqs, spec.method)
+        check = checks.agreement(job.parent, session, artifact.task, job.seqs, spec.method)
     check["session"] = session
     return variant, check
 
 
-def _fallback(spec: MethodSpec, artifact: OnnxArtifact, base: Any, plan: Plan, parent: Any, seqs: list[list[int]],
-              tmp: Path, record: dict[str, Any], check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
+def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
     """Keep the most sensitive weight MatMuls in float, more each round, until top-1 drops at most `max_drop`."""
+    spec, plan, record = job.spec, job.plan, job.record
     steps: list[dict[str, Any]] = [{"kept": 0, "score": checks.primary(check)}]
     record["fallback"] = {"max_top1_drop": max_drop, "steps": steps, "kept": [], "held": True}
     if 1 - checks.primary(check) <= max_drop:
@@ -160,7 +180,7 @@ def _fallback(spec: MethodSpec, artifact: OnnxArtifact, base: Any, plan: Plan, p
             plan.upgrade = set(ranked[:k])
         else:
             plan.exclude = user_keep | set(ranked[:k])
-        variant, check = _quantize_checked(spec, artifact, plan, parent, seqs, tmp, record)
+        variant, check = _quantize_checked(job)
         steps.append({"kept": k, "score": checks.primary(check)})
         log.info("fallback: %d most sensitive MatMuls kept in float → %.4f", k, checks.primary(check))
         if 1 - checks.primary(check) <= max_drop:
@@ -175,16 +195,17 @@ def _fallback(spec: MethodSpec, artifact: OnnxArtifact, base: Any, plan: Plan, p
     return variant, check
 
 
-def _finish(record: dict[str, Any], base: Any, variant: Any, plan: Plan, spec: MethodSpec, check: dict[str, Any],
-            parent: Any, feeds: list[dict[str, Any]], tmp: Path, artifact: OnnxArtifact, t0: float) -> None:
+def _finish(job: _Job, base: ModelProto, variant: ModelProto | None, check: dict[str, Any]) -> None:
+    """Write compress.json beside the variant: decisions, checks, speed, I/O, sizes, timings."""
     import onnx
 
-    from edgekit.export import _io_signature
+    from edgekit.export import io_signature
 
+    record, tmp, artifact = job.record, job.tmp, job.artifact
     if variant is None:  # the fallback loop was not needed: the first variant is on disk already
         variant = onnx.load(str(tmp / MODEL_FILE))
     session = check.pop("session")
-    record["nodes"].update(_decisions(base, variant, plan, spec))
+    record["nodes"].update(_decisions(base, variant, job.plan, job.spec))
     record["ops"] = graph.op_counts(variant)
     record["check"] = check
     if "warning" in check:
@@ -192,26 +213,26 @@ def _finish(record: dict[str, Any], base: Any, variant: Any, plan: Plan, spec: M
         record["accuracy_warning"] = check["warning"]
         record["warnings"].append(check["warning"])
     with progress.stage("compress: speed check"):
-        record["speed"] = checks.speed(parent, session, feeds)
+        record["speed"] = checks.speed(job.parent, session, job.feeds)
     if "warning" in record["speed"]:
         log.warning("speed check: %s", record["speed"]["warning"])
         record["speed_warning"] = record["speed"]["warning"]
         record["warnings"].append(record["speed"]["warning"])
-    record["warnings"] += plan.notes
+    record["warnings"] += job.plan.notes
     for side in artifact.side_files():
         shutil.copy2(side, tmp / side.name)
-    record["io"] = _io_signature(tmp / MODEL_FILE)
+    record["io"] = io_signature(tmp / MODEL_FILE)
     record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
     before = artifact.size_mb
     after = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*")) / 1e6
     record["size_mb_before"], record["size_mb"] = round(before, 3), round(after, 3)
     record["size_ratio"] = round(after / before, 4) if before else None
-    record["timings_s"]["total"] = round(time.perf_counter() - t0, 2)
+    record["timings_s"]["total"] = round(time.perf_counter() - job.t0, 2)
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     (tmp / "compress.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-def _decisions(base: Any, variant: Any, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
+def _decisions(base: ModelProto, variant: ModelProto, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
     """What happened to each weight node, read from the variant: a float weight that is gone was quantized."""
     from onnx import TensorProto
 

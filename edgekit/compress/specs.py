@@ -11,21 +11,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import ConfigError, UnsupportedError
-from edgekit.specs import Target
-
-QUANT_METHODS: tuple[str, ...] = (
-    "fp16", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq", "int4-gptq",
-)
+from edgekit.specs import QUANT_METHODS, Target
 
 
 class MethodSpec(BaseModel):
-    """Base of every quantization spec: immutable, unknown keys rejected."""
+    """Base of every quantization spec: immutable, unknown keys rejected, no coercion from strings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
     method: str
     # Node names (or name substrings, e.g. "lm_head", "layers.0/") left in float.
-    keep_fp: tuple[str, ...] = ()
+    keep_fp: Annotated[tuple[str, ...], Field(strict=False)] = ()  # a list is fine; items stay strict
 
     def settings(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -62,7 +58,7 @@ class DynamicInt8Spec(MethodSpec):
     per_channel: bool = True
     reduce_range: bool = False
     # Attention → QAttention: the fused encoder attention's QKV projection is a third of MiniLM's matmuls.
-    op_types: tuple[str, ...] = ("MatMul", "Attention")
+    op_types: Annotated[tuple[str, ...], Field(strict=False)] = ("MatMul", "Attention")
 
 
 class StaticInt8Spec(MethodSpec):
@@ -73,7 +69,7 @@ class StaticInt8Spec(MethodSpec):
     activation_type: Literal["qint8", "quint8"] = "quint8"
     per_channel: bool = True
     reduce_range: bool = False
-    op_types: tuple[str, ...] = ("MatMul",)
+    op_types: Annotated[tuple[str, ...], Field(strict=False)] = ("MatMul",)
 
 
 class Fp16Spec(MethodSpec):

@@ -16,10 +16,16 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError, UnsupportedError
+from edgekit.specs import detect_task as detect_task  # re-exported: its home is specs (one detection)
 from edgekit.util import atomic_dir, cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from edgekit.source.gguf_vocab import GGUFVocab
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +94,12 @@ class SourceModel:
             "parameters": count_parameters(self.weight_files) if self.format == "hf" else None,
         }
 
-    def load_tokenizer(self) -> Any:
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+            self.path, trust_remote_code=self.trust_remote_code)
+        return tokenizer
 
     def load_model(self) -> Any:
         """The PyTorch model in fp32 eval mode, with the auto class for its task."""
@@ -300,7 +308,7 @@ def _convert_gguf(path: Path, cache_name: str | None = None) -> Path:
     return out
 
 
-def _save_gguf_tokenizer(vocab: Any, path: Path, folder: Path) -> str:
+def _save_gguf_tokenizer(vocab: GGUFVocab, path: Path, folder: Path) -> str:
     """edgekit's tokenizer for the vocabularies it has a reference for; transformers' otherwise (then the
     source stage's probe check fails, and only --allow-implausible-source builds from it)."""
     from edgekit.source.gguf_tokenizer import BUILT_BY, VERSION, save_tokenizer
@@ -312,7 +320,7 @@ def _save_gguf_tokenizer(vocab: Any, path: Path, folder: Path) -> str:
         log.warning("%s: %s; using transformers' tokenizer conversion, unchecked", path.name, exc.message)
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)  # type: ignore[no-untyped-call]
     return "transformers GGUF conversion"
 
 
@@ -337,21 +345,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{cfg_path}: invalid JSON ({exc})") from exc
     return config
-
-
-def detect_task(config: dict[str, Any]) -> str:
-    archs = config.get("architectures") or []
-    arch = archs[0] if archs else ""
-    if arch.endswith(("ForCausalLM", "LMHeadModel")):
-        return "text-generation"
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if arch.endswith("Model") or config.get("model_type") == "bert":
-        return "feature-extraction"
-    raise UnsupportedError(
-        f"cannot tell the task of architecture '{arch or config.get('model_type')}'; pass --task "
-        "(text-generation, text-classification or feature-extraction)"
-    )
 
 
 def _hf_source(spec: str, folder: Path, task: str | None, trust_remote_code: bool) -> SourceModel:

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgekit.source.gguf_vocab import CONTROL, USER_DEFINED, GGUFVocab
 from edgekit.source.reference import IGNORE_MERGES, pre_tokenizer_regexes
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BUILT_BY = "edgekit.source.gguf_tokenizer"
 VERSION = 1  # bump when the tokenizer built from the same GGUF changes: cached conversions are rebuilt
@@ -41,7 +44,7 @@ def spm_merges(vocab: GGUFVocab) -> list[tuple[str, str]]:
     return [(left, right) for _, _, left, right in ranked]
 
 
-def build_tokenizer(vocab: GGUFVocab) -> Any:
+def build_tokenizer(vocab: GGUFVocab) -> Tokenizer:
     """A `tokenizers.Tokenizer` for this vocabulary (BOS/EOS added per add_bos_token/add_eos_token)."""
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
@@ -59,7 +62,7 @@ def build_tokenizer(vocab: GGUFVocab) -> Any:
     else:
         regexes = pre_tokenizer_regexes(vocab.pre)
         merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
-        tok = Tokenizer(BPE(ids, merges, ignore_merges=vocab.pre in IGNORE_MERGES))  # type: ignore[arg-type]
+        tok = Tokenizer(BPE(ids, merges, ignore_merges=vocab.pre in IGNORE_MERGES))
         from tokenizers import Regex
 
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
@@ -78,7 +81,7 @@ def build_tokenizer(vocab: GGUFVocab) -> Any:
     return tok
 
 
-def _post_processor(tok: Any, vocab: GGUFVocab) -> None:
+def _post_processor(tok: Tokenizer, vocab: GGUFVocab) -> None:
     from tokenizers import processors
 
     specials = []
@@ -99,7 +102,7 @@ def save_tokenizer(vocab: GGUFVocab, folder: Path) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     named = {f"{k}_token": vocab.tokens[i] for k, i in vocab.special_ids.items()}
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=build_tokenizer(vocab), clean_up_tokenization_spaces=False, **named
     )
     if vocab.chat_template:

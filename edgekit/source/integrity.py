@@ -24,9 +24,17 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import SourceCheckFailed, UnsupportedError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from edgekit.source import SourceModel
+    from edgekit.source.gguf_vocab import GGUFVocab
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +112,6 @@ def tokenizer_equivalence(
     from tokenizers import Tokenizer
 
     from edgekit.source.gguf_vocab import read_gguf_vocab
-    from edgekit.source.reference import ReferenceTokenizer
 
     vocab = read_gguf_vocab(gguf)
     tok = Tokenizer.from_file(str(tokenizer_json))
@@ -138,35 +145,37 @@ def tokenizer_equivalence(
             ", ".join(bad_specials),
         )
     )
+    checks.append(_probe_check(vocab, tok, probes))
+    return checks
+
+
+def _probe_check(vocab: GGUFVocab, tok: Tokenizer, probes: tuple[str, ...] | list[str]) -> Check:
+    """The converted tokenizer against llama.cpp's algorithm (edgekit.source.reference) on probe texts."""
+    from edgekit.source.reference import ReferenceTokenizer
+
     try:
         ref = ReferenceTokenizer(vocab)
     except UnsupportedError as exc:
-        checks.append(
-            Check("tokenizer.probes", False, "no reference", "a reference tokenization", exc.message)
-        )
-        return checks
+        return Check("tokenizer.probes", False, "no reference", "a reference tokenization", exc.message)
     same, first = 0, ""
     for text in probes:
         want, got = ref.encode(text), tok.encode(text, add_special_tokens=False).ids
         same += want == got
         if want != got and not first:
             first = f"{text[:40]!r}: reference {want[:8]} vs converted {got[:8]}"
-    checks.append(
-        Check(
-            "tokenizer.probes",
-            same == len(probes),
-            f"{same}/{len(probes)} identical",
-            f"{len(probes)}/{len(probes)} identical to llama.cpp's algorithm",
-            first,
-        )
+    return Check(
+        "tokenizer.probes",
+        same == len(probes),
+        f"{same}/{len(probes)} identical",
+        f"{len(probes)}/{len(probes)} identical to llama.cpp's algorithm",
+        first,
     )
-    return checks
 
 
 # ---------------------------------------------------------------- sanity (every source)
 
 
-def round_trip(tokenizer: Any, probes: tuple[str, ...] | list[str] = PROBES, *, loose: bool = False) -> Check:
+def round_trip(tokenizer: PreTrainedTokenizerBase, probes: tuple[str, ...] | list[str] = PROBES, *, loose: bool = False) -> Check:
     """decode(encode(p)) == p on every probe; `loose` ignores case and whitespace (uncased WordPiece)."""
 
     def norm(text: str) -> str:
@@ -187,7 +196,7 @@ def round_trip(tokenizer: Any, probes: tuple[str, ...] | list[str] = PROBES, *, 
     )
 
 
-def eval_ids(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[list[int], int, int]:
+def eval_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> tuple[list[int], int, int]:
     """Token ids of the eval text (lines joined by blank lines, as bench does), with the characters and bytes."""
     ids: list[int] = []
     chars = nbytes = 0
@@ -206,7 +215,7 @@ def byte_entropy(data: bytes) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
 
 
-def bits_per_byte(model: Any, tokenizer: Any, ids: list[int], window: int) -> tuple[float, float, int]:
+def bits_per_byte(model: Module, tokenizer: PreTrainedTokenizerBase, ids: list[int], window: int) -> tuple[float, float, int]:
     """(PPL, bits per byte, tokens scored) of the model on `ids` in independent windows."""
     import torch
 
@@ -224,7 +233,7 @@ def bits_per_byte(model: Any, tokenizer: Any, ids: list[int], window: int) -> tu
     return math.exp(nll / scored), nll / math.log(2) / max(nbytes, 1), scored
 
 
-def sanity(source: Any, texts: list[str], *, eval_tokens: int = 512) -> tuple[list[Check], dict[str, Any]]:
+def sanity(source: SourceModel, texts: list[str], *, eval_tokens: int = 512) -> tuple[list[Check], dict[str, Any]]:
     """Round trip, bytes per token and (language models) bits per byte vs the text's byte entropy."""
     try:
         tokenizer = source.load_tokenizer()
@@ -281,7 +290,7 @@ def sanity(source: Any, texts: list[str], *, eval_tokens: int = 512) -> tuple[li
 
 
 def check_source(
-    source: Any,
+    source: SourceModel,
     *,
     eval_data: Path | None = None,
     allow_implausible: bool = False,

@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
 TOKENS = 256
 
 
-def cross_check(gguf: Path, source: Any, texts: list[str]) -> list[Any] | None:
+def cross_check(gguf: Path, source: SourceModel, texts: list[str]) -> list[Any] | None:
     """[Check] for top-1 agreement and KLD vs llama.cpp, or None when llama_cpp is not importable."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None

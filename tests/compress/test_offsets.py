@@ -10,11 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.catalog import load_target
 from edgekit.compress.offsets import split_float_offsets
-from edgekit.export import export
 from edgekit.runtime import Decoder, make_session
-from edgekit.source import load_source
 
 
 def _hqq(model: Any) -> Any:
@@ -37,8 +34,8 @@ def _prefill_logits(path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
-def test_split_computes_the_same_logits(name: str, tiny_model: Any, tmp_path: Path) -> None:
-    art = export(load_source(str(tiny_model(name))), load_target("x86-avx2"), tmp_path / "fp32", parity=False)
+def test_split_computes_the_same_logits(name: str, tiny_onnx: Any, tmp_path: Path) -> None:
+    art = tiny_onnx(name)
     reference = _hqq(onnx.load(str(art.model_file)))
     n_float = _float_zero_points(reference)
     assert n_float > 0
@@ -53,13 +50,13 @@ def test_split_computes_the_same_logits(name: str, tiny_model: Any, tmp_path: Pa
     assert (got.argmax(-1) == want.argmax(-1)).mean() == 1.0
 
 
-def test_rewrite_leaves_integer_zero_points_alone(tiny_model: Any, tmp_path: Path) -> None:
+def test_rewrite_leaves_integer_zero_points_alone(tiny_onnx: Any, tmp_path: Path) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    art = export(load_source(str(tiny_model("llama"))), load_target("x86-avx2"), tmp_path / "fp32", parity=False)
+    art = tiny_onnx("llama")
     q = MatMulNBitsQuantizer(onnx.load(str(art.model_file)),
                              algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False))
     q.process()

@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.catalog import load_target
-from edgekit.export import export
-from edgekit.source import load_source
 from tests.conftest import run_cli
 from tests.reliability.helpers import assert_clean_failure
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    return export(load_source(str(tiny_model("llama"))), load_target("x86-avx2"), tmp_path_factory.mktemp("d") / "m").path
+@pytest.fixture
+def exported(tiny_onnx) -> Path:  # type: ignore[no-untyped-def]
+    return Path(tiny_onnx("llama").path)
 
 
 def _bad_file(tmp_path: Path, kind: str) -> Path:

@@ -24,6 +24,12 @@ CASES = {
     "nested-unknown-key": (PI5.replace("peak_rss_mb: 1500", "peak_rss_mb: 1500\n  peak_vram_mb: 3"), "peak_vram_mb"),
     "wrong-type": (PI5.replace("threads: 4", "threads: four"), "workload.threads"),
     "list-for-number": (PI5.replace("model_size_mb: 600", "model_size_mb: [600]"), "model_size_mb"),
+    # Strict specs: a quoted number is a string, never coerced (pydantic's lax mode would turn '4' into 4).
+    "string-for-int": (PI5.replace("threads: 4", "threads: '4'"), "workload.threads"),
+    "string-for-float": (PI5.replace("peak_rss_mb: 1500", "peak_rss_mb: '1500'"), "peak_rss_mb"),
+    "string-for-bool": (PI5.replace("cores: 4", "cores: 4\n  host: 'no'"), "host"),
+    "threads-over-cores": (PI5.replace("threads: 4", "threads: 8"), "cores"),
+    "rss-over-memory": (PI5.replace("peak_rss_mb: 1500", "peak_rss_mb: 9000"), "memory_mb"),
     "negative-budget": (PI5.replace("decode_tokens_per_s_min: 8", "decode_tokens_per_s_min: -8"), "decode_tokens_per_s_min"),
     "zero-budget": (PI5.replace("peak_rss_mb: 1500", "peak_rss_mb: 0"), "peak_rss_mb"),
     "missing-target": (PI5.replace("target: arm64", "target: riscv64"), "riscv64"),
@@ -55,6 +61,26 @@ def test_bad_target_via_cli(tmp_path: Path) -> None:
     assert_clean_failure(run_cli("targets", "show", str(path)), 2, "block_size", "power of two")
     path.write_text(ARM.replace("device: cpu", "device: tpu"))
     assert_clean_failure(run_cli("targets", "show", str(path)), 2, "device")
+    # export.dtype was never read (export always wrote fp32): it is no longer a setting, so naming it is an error.
+    path.write_text(ARM.replace("export: {opset: 17}", "export: {opset: 17, dtype: fp16}"))
+    assert_clean_failure(run_cli("targets", "show", str(path)), 2, "dtype")
+
+
+def test_strict_specs_reject_strings_for_numbers() -> None:
+    data = yaml.safe_load(PI5)
+    assert parse(Profile, data, "pi5").workload.threads == 4
+    data["workload"]["threads"] = "4"
+    with pytest.raises(ConfigError, match=r"workload\.threads"):
+        parse(Profile, data, "pi5")
+
+
+def test_device_caps_bound_the_profile() -> None:
+    data = yaml.safe_load(PI5)
+    data["workload"]["threads"] = data["device"]["cores"]
+    data["budgets"]["peak_rss_mb"] = data["device"]["memory_mb"]
+    assert parse(Profile, data, "pi5").budgets.peak_rss_mb == data["device"]["memory_mb"]  # equal is fine
+    with pytest.raises(ConfigError, match="memory_mb"):
+        parse(Profile, {**data, "budgets": {**data["budgets"], "peak_rss_mb": data["device"]["memory_mb"] + 1}}, "pi5")
 
 
 def test_missing_profile_file(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.source import CONVERSION_VERSION, load_source
-from tests.conftest import run_cli
+from tests.conftest import assert_exit_follows_gate, run_cli
 from tests.source.gguf_fixtures import bpe_vocab, spm_vocab, write_gguf
 
 STRICT = {"EDGEKIT_ALLOW_IMPLAUSIBLE_SOURCE": "0"}
@@ -83,7 +83,7 @@ def test_override_records_and_builds(cache: Path, tmp_path: Path) -> None:
         "--allow-implausible-source",
         env={**STRICT, "EDGEKIT_CACHE": str(cache)},
     )
-    assert res.returncode in (0, 1), res.stderr
+    assert_exit_follows_gate(res, out / "gate.json")
     sanity = json.loads((out / "report.json").read_text())["source"]["sanity"]
     assert sanity["override"] == "--allow-implausible-source" and sanity["failed"] == ["bits_per_byte"]
     manifest = json.loads((out / "edgekit.json").read_text())

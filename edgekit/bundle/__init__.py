@@ -15,17 +15,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import __version__
-from edgekit.archive import safe_extract, write_archive
+from edgekit.bundle.archive import safe_extract, write_archive
 from edgekit.errors import BundleError, InputError, VerifyFailed
+from edgekit.specs import TASKS
+
+if TYPE_CHECKING:
+    from edgekit.artifact import OnnxArtifact
+    from edgekit.gate import GateResult
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "edgekit.json"
 SCHEMA = "edgekit/bundle@1"
-TASKS = ("text-generation", "text-classification", "feature-extraction")
 __all__ = ["BundleWriter", "State", "safe_extract", "verify_bundle", "write_archive", "write_bundle"]
 
 
@@ -85,7 +89,7 @@ class BundleWriter:
     def add_text(self, name: str, text: str) -> None:
         self._dest(name).write_text(text, encoding="utf-8")
 
-    def add_json(self, name: str, data: Any) -> None:
+    def add_json(self, name: str, data: object) -> None:
         self.add_text(name, json.dumps(data, indent=2, default=str))
 
     def write_manifest(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +157,7 @@ def clean_stale(out: Path) -> list[Path]:
 # ---------------------------------------------------------------- the manifest of a built variant
 
 
-def manifest_meta(artifact: Any, report: dict[str, Any], gate_result: Any, *, command: str,
+def manifest_meta(artifact: OnnxArtifact, report: dict[str, Any], gate_result: GateResult, *, command: str,
                   method: str | None = None) -> dict[str, Any]:
     """Provenance, runtime and I/O for edgekit.json (files and schema are added by the writer)."""
     import onnxruntime as ort
@@ -224,7 +228,7 @@ def _settings(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_bundle(artifact: Any, report: dict[str, Any], gate_result: Any, out: Path | str, *, command: str,
+def write_bundle(artifact: OnnxArtifact, report: dict[str, Any], gate_result: GateResult, out: Path | str, *, command: str,
                  archive: bool = False, method: str | None = None, build: dict[str, Any] | None = None,
                  extra_files: dict[str, Path] | None = None) -> Path:
     """Model files + side files + report (json/md/png) + gate.json [+ build.json] → a verified-layout bundle."""

@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 
 from edgekit.bundle import MANIFEST, BundleWriter, State, clean_stale, verify_bundle, write_archive
-from edgekit.catalog import load_target
 from edgekit.errors import BundleError, InputError, VerifyFailed
-from edgekit.export import export
-from edgekit.source import load_source
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    return export(load_source(str(tiny_model("llama"))), load_target("x86-avx2"), tmp_path_factory.mktemp("b") / "m").path
+@pytest.fixture
+def model_dir(tiny_onnx) -> Path:  # type: ignore[no-untyped-def]
+    return Path(tiny_onnx("llama").path)
 
 
 def make_bundle(model_dir: Path, out: Path, archive: bool = False) -> Path:
@@ -178,7 +175,7 @@ def test_archive_of_a_good_bundle_verifies_via_cli(model_dir: Path, tmp_path: Pa
 
 
 WRITER = """
-import sys, time
+import sys
 from pathlib import Path
 from edgekit.bundle import BundleWriter
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -186,7 +183,7 @@ with BundleWriter(out) as w:
     for p in sorted(src.iterdir()):
         w.add_file(p)
     print("writing", flush=True)
-    time.sleep(60)
+    sys.stdin.readline()  # held mid-write until the test kills it: no timing involved
     w.write_manifest({})
     w.commit()
 """
@@ -195,7 +192,8 @@ with BundleWriter(out) as w:
 def test_sigkill_mid_write_leaves_no_bundle(model_dir: Path, tmp_path: Path) -> None:
     out = make_bundle(model_dir, tmp_path / "bundle")
     before = (out / MANIFEST).read_text()
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(model_dir), str(out)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(model_dir), str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from edgekit.catalog import load_target
 from edgekit.errors import ParityError
 from edgekit.export import export
-from edgekit.parity import check_parity
+from edgekit.export.parity import check_parity
 from edgekit.source import load_source
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.specs import Profile
 
+if TYPE_CHECKING:
+    from edgekit.fit import Outcome
 
-def _fmt(v: Any, spec: str = ".4g") -> str:
+
+def _fmt(v: object, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def fit_markdown(outcomes: list[Any], chosen: Any, nearest: Any, profile: Profile) -> str:
+def fit_markdown(outcomes: list[Any], chosen: Outcome | None, nearest: Outcome | None, profile: Profile) -> str:
     lines = [f"# edgekit fit — profile `{profile.name}`", ""]
     if chosen is not None:
         lines.append(f"**Chosen: `{chosen.candidate.label}`** — {_fmt(chosen.figures.get('size_mb'), '.1f')} MB, "
@@ -66,7 +69,7 @@ def pareto_png(outcomes: list[Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_fit_files(outcomes: list[Any], chosen: Any, nearest: Any, profile: Profile, folder: Path) -> dict[str, Path]:
+def write_fit_files(outcomes: list[Any], chosen: Outcome | None, nearest: Outcome | None, profile: Profile, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     data = {"schema": "edgekit/fit@1", "profile": profile.name,
             "chosen": chosen.candidate.label if chosen else None,

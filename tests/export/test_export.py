@@ -15,18 +15,10 @@ from tests.conftest import run_cli
 ALL = ("llama", "mistral", "qwen2", "gpt2", "phi3", "gemma3", "bert-cls", "bert-emb")
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("exports")
-    target = load_target("x86-avx2")
-    cache: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in cache:
-            cache[name] = export(load_source(str(tiny_model(name))), target, root / name).path
-        return cache[name]
-
-    return get
+@pytest.fixture
+def exported(tiny_onnx):  # type: ignore[no-untyped-def]
+    """exported("llama") → the folder of the session's tiny export (tests/conftest.py `tiny_onnx`)."""
+    return lambda name: tiny_onnx(name).path
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edgekit import progress
-from edgekit.compress.distill import DistillSpec, checkpoint_root, distill, load_spec
+from edgekit.distill import DistillSpec, checkpoint_root, distill, load_spec
 from edgekit.errors import ConfigError, InputError
 from edgekit.source import load_source
 from tests.conftest import REPO, run_cli

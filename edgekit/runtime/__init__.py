@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+    from tokenizers import Tokenizer
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 KV_CACHE_KEY = "edgekit.kv_cache"  # model metadata: "shared-buffer" where the graph supports it
@@ -30,7 +34,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(i
 CPU_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
 
 
-def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> Any:
+def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> InferenceSession:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -46,7 +50,7 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
     return ort.InferenceSession(str(model_file), opts, providers=wanted, disabled_optimizers=disabled)
 
 
-def load_tokenizer(folder: Path) -> Any:
+def load_tokenizer(folder: Path) -> Tokenizer:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
@@ -66,7 +70,7 @@ class GenerationResult:
 class Decoder:
     """A causal LM session with KV cache: prefill once, then one token per step."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: InferenceSession) -> None:
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_names = set(inputs)
@@ -89,7 +93,7 @@ class Decoder:
     def with_past(self) -> bool:
         return bool(self.past)
 
-    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         feeds = {}
         for name, shape, dtype in self.past:
             dims = [batch if i == 0 else (0 if not isinstance(d, int) else d) for i, d in enumerate(shape)]
@@ -109,7 +113,7 @@ class Decoder:
         if "position_ids" in self.input_names:
             feeds["position_ids"] = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy()
         if self.past:
-            feeds.update(past if past is not None else self._empty_past(batch))
+            feeds.update(past if past is not None else self.empty_past(batch))
         outputs = self.session.run(None, feeds)
         by_name = dict(zip(self.output_names, outputs))  # noqa: B905 (the device runner runs on Python 3.9+)
         cache = {p: by_name[o] for p, o in self.present.items()}
@@ -119,7 +123,8 @@ class Decoder:
         """Full-sequence logits [seq, vocab] of one sequence, no cache (fidelity windows)."""
         arr = np.asarray(ids, dtype=np.int64)[None, :]
         logits, _ = self.forward(arr, None, 0)
-        return logits[0].astype(np.float32)
+        last: np.ndarray = logits[0].astype(np.float32)
+        return last
 
     def tokens(self, prompt: list[int], max_new_tokens: int, *, eos: set[int] | None = None, temperature: float = 0.0,
                top_k: int = 0, seed: int = 0) -> Iterator[int]:
@@ -233,7 +238,7 @@ def _pick(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Gen
 class Encoder:
     """Feature extraction (mean-pooled, L2-normalised, like sentence-transformers) or classification."""
 
-    def __init__(self, session: Any, task: str) -> None:
+    def __init__(self, session: InferenceSession, task: str) -> None:
         self.session = session
         self.task = task
         self.input_names = {i.name for i in session.get_inputs()}
@@ -242,7 +247,7 @@ class Encoder:
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        out = self.session.run(None, feeds)[0].astype(np.float32)
+        out: np.ndarray = self.session.run(None, feeds)[0].astype(np.float32)
         if self.task == "text-classification":
             return out
         return pool(out, mask)
@@ -255,7 +260,8 @@ def pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     else:
         m = mask[..., None].astype(np.float32)
         pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
-    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    unit: np.ndarray = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return unit
 
 
 class Model:
@@ -266,7 +272,7 @@ class Model:
         record = _json(self.folder / "edgekit.json") or _json(self.folder / "compress.json") or _json(self.folder / "export.json")
         self.config = _json(self.folder / "config.json")
         self.generation_config = _json(self.folder / "generation_config.json")
-        self.task = str(record.get("task") or _task_from_config(self.config))
+        self.task = str(record.get("task") or _task_from_config(self.config))  # records always name it
         self.session = make_session(self.folder / "model.onnx", threads=threads, providers=providers)
         self.tokenizer = load_tokenizer(self.folder)
         _check_tokenizer(self.folder, record)
@@ -332,9 +338,7 @@ def _check_tokenizer(folder: Path, record: dict[str, Any]) -> None:
 
 
 def _task_from_config(config: dict[str, Any]) -> str:
-    arch = (config.get("architectures") or [""])[0]
-    if arch.endswith(("ForCausalLM", "LMHeadModel")):
-        return "text-generation"
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    return "feature-extraction"
+    # Only for a folder whose record has no task: the one detection, imported here to keep the runtime light.
+    from edgekit.specs import detect_task
+
+    return detect_task(config)

@@ -101,9 +101,11 @@ def test_fit_end_to_end_picks_and_explains(tiny_model, tmp_path: Path) -> None: 
     out = tmp_path / "fit"
     res = run_cli("fit", str(tiny_model("llama")), "--profile", "local", "-o", str(out), "--methods",
                   "int8-weight,int4-rtn", "--max-candidates", "2", "--json", *FAST)
-    assert res.returncode in (0, 1), res.stderr
     data = json.loads((out / "fit.json").read_text())
     statuses = {c["label"]: c["status"] for c in data["candidates"]}
+    # Exit 0 exactly when a candidate was chosen (then it is the one marked chosen), 1 when none fits; never 2.
+    assert res.returncode == (0 if data["chosen"] else 1), res.stderr
+    assert [k for k, v in statuses.items() if v == "chosen"] == ([data["chosen"]] if data["chosen"] else [])
     assert len(statuses) == 4  # int8-weight + int4-rtn at three block sizes
     # int8-weight and int4-rtn at block 32 first; the coarser int4 blocks only if block 32 kept fidelity
     assert sum(s in ("skipped", "pruned") for s in statuses.values()) == 2

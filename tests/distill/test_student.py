@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edgekit.compress.student import (
+from edgekit.distill.student import (
     MLP_PARAMS,
     build_student,
     layer_prefix,

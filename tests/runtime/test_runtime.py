@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,21 +13,10 @@ from edgekit.runtime import Decoder, Model, make_session
 PROMPTS = ([5, 17, 42, 99, 7, 3], [200, 11, 64])
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from edgekit.catalog import load_target
-    from edgekit.export import export
-    from edgekit.source import load_source
-
-    root = tmp_path_factory.mktemp("runtime-exports")
-    cache: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in cache:
-            cache[name] = export(load_source(str(tiny_model(name))), load_target("x86-avx2"), root / name).path
-        return cache[name]
-
-    return get
+@pytest.fixture
+def exported(tiny_onnx):  # type: ignore[no-untyped-def]
+    """exported("llama") → the folder of the session's tiny export (tests/conftest.py `tiny_onnx`)."""
+    return lambda name: tiny_onnx(name).path
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
@@ -55,10 +43,15 @@ def test_generation_stops_at_eos(exported) -> None:  # type: ignore[no-untyped-d
     assert stopped == free[: free.index(free[2]) + 1]
 
 
-def test_model_streams_text(exported) -> None:  # type: ignore[no-untyped-def]
-    model = Model(exported("llama"))
+def test_model_streams_the_greedy_continuation(exported) -> None:  # type: ignore[no-untyped-def]
+    folder = exported("llama")
+    model = Model(folder)
     assert model.task == "text-generation"
-    assert isinstance("".join(model.stream("hello world", max_new_tokens=4)), str)
+    pieces = list(model.stream("hello world", max_new_tokens=6))
+    # The pieces are the greedy continuation, decoded: the same tokens a bare Decoder picks, in order, no repeats.
+    tokens = Decoder(make_session(folder / "model.onnx")).generate(model.encode("hello world"), 6, eos=model.eos_ids).tokens
+    text = model.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert text and "".join(pieces) == text.rstrip("\ufffd")
 
 
 def test_runtime_and_measurement_process_import_no_torch(exported) -> None:  # type: ignore[no-untyped-def]

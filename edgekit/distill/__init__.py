@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from edgekit import progress
-from edgekit.compress import distill_loop as loop
+from edgekit.distill import loop
 from edgekit.errors import InputError, UnsupportedError
 from edgekit.source import SourceModel, load_source
 from edgekit.specs import Fraction, PositiveFloat, PositiveInt, Spec
@@ -36,7 +36,7 @@ class DistillSpec(Spec):
     student_layers: PositiveInt | None = None  # evenly spaced, first and last kept; default: half
     keep_every: Annotated[int, Field(ge=2)] | None = None
     width_ratio: Fraction = 1.0  # MLP intermediate size kept (weight-magnitude importance)
-    data: tuple[Path, ...] = ()  # text files, one sample per line; default: the built-in corpus's calibration half
+    data: Annotated[tuple[Path, ...], Field(strict=False)] = ()  # text files (YAML gives strings), one sample per line; default: the built-in corpus's calibration half
     steps: PositiveInt = 200
     batch_size: PositiveInt = 4
     seq_len: Annotated[int, Field(ge=8, le=8192)] = 128
@@ -70,7 +70,7 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
     out = Path(out)
     if source.format != "hf":
         raise UnsupportedError(f"{source.spec} is an ONNX model; distillation needs a PyTorch (HF) source")
-    from edgekit.compress.student import build_student, plan_student
+    from edgekit.distill.student import build_student, plan_student
 
     # The schedule counts optimizer steps; accelerate would otherwise step it once per process.
     # cpu=True without a GPU so processes started by `accelerate launch`/torchrun join one gloo group.
@@ -118,7 +118,7 @@ def distill(source: SourceModel, spec: DistillSpec, out: Path | str) -> SourceMo
 def _record(source: SourceModel, spec: DistillSpec, plan: Any, model: Any, teacher: Any, state: Any,
             accelerator: Any, start_step: int, run: dict[str, Any]) -> dict[str, Any]:
     """distill.json: provenance, student shape, losses, speed and the held-out metric before/after."""
-    from edgekit.compress.student import parameter_count
+    from edgekit.distill.student import parameter_count
 
     losses, before, after, started = run["losses"], run["before"], run["after"], run["started"]
     record = {
@@ -156,7 +156,7 @@ def _write_output(model: Any, tokenizer: Any, source: SourceModel, record: dict[
         (tmp / "distill.json").write_text(json.dumps(record, indent=2, default=_json_default))
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import ParityError
 from edgekit.source import SourceModel
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ def check_parity(source: SourceModel, model_file: Path, *, model: Any = None, to
     return result
 
 
-def _encoder_feeds(session: Any, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _encoder_feeds(session: InferenceSession, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     names = {i.name for i in session.get_inputs()}
     feeds = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in names:

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import __version__, progress
 from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
@@ -20,6 +20,9 @@ from edgekit.errors import EdgekitError, ExportError, InputError, ParityError, U
 from edgekit.source import SourceModel
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
+
+if TYPE_CHECKING:
+    from edgekit.export.parity import ParityResult
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     writer = choose_writer(source, graph or target.export.graph)
     record: dict[str, Any] = {
         "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
-        "source": source.fingerprint, "timings_s": {}, "versions": _versions(), "graph": {"writer": writer},
+        "source": source.fingerprint, "timings_s": {}, "versions": versions(), "graph": {"writer": writer},
     }
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
@@ -92,15 +95,15 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     return OnnxArtifact.load(out)
 
 
-def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> Any:
-    from edgekit.parity import check_parity
+def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> ParityResult:
+    from edgekit.export.parity import check_parity
 
     return check_parity(source, model_file, model=model, tokenizer=tokenizer, stage=stage)
 
 
 def choose_writer(source: SourceModel, wanted: str) -> str:
     """"fused" or "optimum" for this source; asking for "fused" where it cannot be written is an error."""
-    from edgekit import fused
+    from edgekit.export import fused
 
     if wanted == "optimum" or source.task != "text-generation":
         if wanted == "fused":
@@ -116,7 +119,7 @@ def choose_writer(source: SourceModel, wanted: str) -> str:
 
 
 def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int) -> dict[str, Any]:
-    from edgekit import fused
+    from edgekit.export import fused
 
     raw.mkdir(parents=True)
     info = fused.write(model, raw / MODEL_FILE, opset=opset)
@@ -229,14 +232,14 @@ def _finalize(chosen: Path, raw: Path, tmp: Path, record: dict[str, Any]) -> Non
     for name in SIDE_FILES:
         if (raw / name).is_file():
             shutil.copy2(raw / name, tmp / name)
-    record["io"] = _io_signature(tmp / MODEL_FILE)
+    record["io"] = io_signature(tmp / MODEL_FILE)
     record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
     record["size_mb"] = round(sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*")) / 1e6, 3)
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(tmp / "opt", ignore_errors=True)
 
 
-def _io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
+def io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
     import onnx
 
     try:
@@ -264,14 +267,15 @@ def _adopt_onnx(source: SourceModel, target: Target, out: Path) -> OnnxArtifact:
                 shutil.copy2(path, tmp / path.name)
         record: dict[str, Any] = {
             "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
-            "source": source.fingerprint, "adopted": True, "io": _io_signature(tmp / MODEL_FILE), "versions": _versions(),
+            "source": source.fingerprint, "adopted": True, "io": io_signature(tmp / MODEL_FILE), "versions": versions(),
         }
         record["with_past"] = any(i["name"].startswith("past_key_values") for i in record["io"]["inputs"])
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
     return OnnxArtifact.load(out)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions of edgekit and the libraries that shape a graph, for export.json and compress.json."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"edgekit": __version__}

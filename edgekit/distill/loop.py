@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 from edgekit.errors import InputError
 
 if TYPE_CHECKING:
-    from edgekit.compress.distill import DistillSpec
+    from types import FrameType
+
+    import torch
+    from torch import Tensor
+    from torch.nn import Module
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+    from transformers import PreTrainedTokenizerBase
+
+    from edgekit.distill import DistillSpec
     from edgekit.progress import Stage
 
 log = logging.getLogger(__name__)
@@ -38,7 +47,7 @@ def _texts(spec: DistillSpec) -> list[str]:
     return calibration_texts(300)
 
 
-def _pack(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
+def _pack(tokenizer: PreTrainedTokenizerBase, texts: list[str], seq_len: int) -> Any:
     """Concatenate tokenized texts (EOS between them) and cut into rows of seq_len tokens."""
     import torch
 
@@ -54,17 +63,19 @@ def _pack(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
     return {"input_ids": torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)}
 
 
-def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], seq_len: int) -> Any:
     enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
 
-def train_samples(task: str, tokenizer: Any, spec: DistillSpec) -> dict[str, Any]:
+def train_samples(task: str, tokenizer: PreTrainedTokenizerBase, spec: DistillSpec) -> dict[str, Any]:
     texts = _texts(spec)
-    return _pack(tokenizer, texts, spec.seq_len) if task == "text-generation" else _encode(tokenizer, texts, spec.seq_len)
+    batch: dict[str, Any] = (_pack(tokenizer, texts, spec.seq_len) if task == "text-generation"
+                             else _encode(tokenizer, texts, spec.seq_len))
+    return batch
 
 
-def eval_batch(task: str, tokenizer: Any, n_tokens: int, seq_len: int) -> dict[str, Any]:
+def eval_batch(task: str, tokenizer: PreTrainedTokenizerBase, n_tokens: int, seq_len: int) -> dict[str, Any]:
     """Held-out text (edgekit.data.eval_texts, the built-in corpus's eval half) the student never trains on."""
     from edgekit.data import eval_texts
 
@@ -73,7 +84,8 @@ def eval_batch(task: str, tokenizer: Any, n_tokens: int, seq_len: int) -> dict[s
         packed = _pack(tokenizer, texts, seq_len)
         rows = max(1, n_tokens // seq_len)
         return {"input_ids": packed["input_ids"][:rows]}
-    return _encode(tokenizer, texts[: max(8, n_tokens // seq_len)], seq_len)
+    batch: dict[str, Any] = _encode(tokenizer, texts[: max(8, n_tokens // seq_len)], seq_len)
+    return batch
 
 
 class Batches:
@@ -89,13 +101,14 @@ class Batches:
         self.device = accelerator.device
         self._perms: dict[int, Any] = {}
 
-    def _perm(self, epoch: int) -> Any:
+    def _perm(self, epoch: int) -> Tensor:
         import torch
 
         if epoch not in self._perms:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             self._perms = {epoch: torch.randperm(self.n, generator=gen)}
-        return self._perms[epoch]
+        perm: Tensor = self._perms[epoch]
+        return perm
 
     def __call__(self, step: int) -> dict[str, Any]:
         import torch
@@ -108,7 +121,7 @@ class Batches:
 # ---------------------------------------------------------------- losses and evaluation
 
 
-def forward_kl(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:
+def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Mean over positions of KL(teacher_T ‖ student_T), scaled by T² so gradients keep their size."""
     import torch.nn.functional as F
 
@@ -118,14 +131,14 @@ def forward_kl(student_logits: Any, teacher_logits: Any, temperature: float) -> 
     return kl.mean() * temperature**2
 
 
-def _masked_mean(values: Any, mask: Any | None) -> Any:
+def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return values.mean()
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _pooled(hidden: Any, mask: Any | None) -> Any:
+def _pooled(hidden: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return hidden.mean(1)
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -158,13 +171,13 @@ def _last_hidden(out: Any) -> Any:
     return out.hidden_states[-1]
 
 
-def run_model(model: Any, batch: dict[str, Any], task: str) -> Any:
+def run_model(model: Module, batch: dict[str, Any], task: str) -> Any:
     if task == "text-generation":
         return model(**batch, use_cache=False)
     return model(**batch, output_hidden_states=task == "text-classification")
 
 
-def evaluate(teacher: Any, student: Any, batch: dict[str, Any], task: str, device: Any) -> dict[str, Any]:
+def evaluate(teacher: Module, student: Module, batch: dict[str, Any], task: str, device: torch.device | str) -> dict[str, Any]:
     """Causal LM / classifier: mean KL(teacher ‖ student) at T=1; embeddings: mean cosine of pooled outputs."""
     import torch
     import torch.nn.functional as F
@@ -183,10 +196,11 @@ def evaluate(teacher: Any, student: Any, batch: dict[str, Any], task: str, devic
     return {"metric": "kl_mean", "value": float(forward_kl(s_out.logits, t_out.logits, 1.0)), "tokens": tokens}
 
 
-def make_scheduler(optimizer: Any, spec: DistillSpec) -> Any:
+def make_scheduler(optimizer: Optimizer, spec: DistillSpec) -> LRScheduler:
     from transformers import get_cosine_schedule_with_warmup
 
-    return get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * spec.steps), spec.steps)
+    scheduler: LRScheduler = get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * spec.steps), spec.steps)
+    return scheduler
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -259,14 +273,14 @@ class _Interrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
 
 class TrainState:
-    def __init__(self, accelerator: Any, teacher: Any, student: Any, optimizer: Any, scheduler: Any,
+    def __init__(self, accelerator: Any, teacher: Module, student: Module, optimizer: Any, scheduler: Any,
                  batches: Batches, spec: DistillSpec, task: str) -> None:
         self.acc, self.teacher, self.student = accelerator, teacher, student
         self.optimizer, self.scheduler, self.batches = optimizer, scheduler, batches

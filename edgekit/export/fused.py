@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
             "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions}
 
 
-def _np(t: Any) -> np.ndarray:
+def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
 

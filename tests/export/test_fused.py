@@ -10,10 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit import fused
 from edgekit.catalog import load_target
 from edgekit.errors import UnsupportedError
-from edgekit.export import choose_writer, export
+from edgekit.export import choose_writer, export, fused
 from edgekit.runtime import Decoder, make_session
 from edgekit.source import load_source
 from tests.conftest import run_cli

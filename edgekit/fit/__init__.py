@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.records import Report, set_sanity
 from edgekit.source import SourceModel, read_safetensors_header
 from edgekit.specs import Profile, Target
 
@@ -155,16 +154,15 @@ def prune(outcome: Outcome, profile: Profile, task: str) -> None:
                           f"{b.decode_tokens_per_s_min:g} tok/s")
 
 
-def _figures(report: dict[str, Any]) -> dict[str, float | None]:
-    perf = report.get("performance") or {}
-    fid = report.get("fidelity") or {}
+def figures(report: dict[str, Any]) -> dict[str, float | None]:
+    """What fit compares candidates on: size, speed (the device estimate where there is one), fidelity."""
+    rep = Report(report)
 
     def pick(section: str, metric: str) -> float | None:
-        entry = (perf.get(section) or {}).get(metric) or {}
-        return entry.get("value")
+        return rep.value(section, metric)
 
     def f(metric: str) -> float | None:
-        return (fid.get(metric) or {}).get("value")
+        return rep.value("fidelity", metric)
 
     return {"size_mb": pick("variant", "model_size_mb"),
             "decode_tokens_per_s": pick("device", "decode_tokens_per_s") or pick("variant", "decode_tokens_per_s"),
@@ -232,97 +230,6 @@ def nearest_miss(outcomes: list[Outcome]) -> Outcome | None:
     return min(pruned, key=lambda o: o.estimate["size_mb"] or 0.0) if pruned else None
 
 
-def _primary(c: Candidate) -> bool:
-    """The finest knob of each method: if it fails fidelity, the coarser ones of that method will too."""
-    block = dict(c.options).get("block_size")
-    return block is None or block == min(INT4_BLOCKS)
-
-
-def search(outcomes: list[Outcome], exported: Path, source: SourceModel, profile: Profile, target: Target,
-           work: Path, *, deadline: float, max_candidates: int, workers: int, opts: EvalOptions) -> None:
-    """Evaluate the unpruned candidates; failures are recorded and do not stop the search.
-
-    Two rounds, each cheapest first: one candidate per method at its most faithful knob, then the coarser knobs
-    of only those methods whose first candidate kept the fidelity floors.
-    """
-    pending = sorted((o for o in outcomes if o.status == "pending"), key=lambda o: o.estimate["size_mb"] or 0.0)
-    first = [o for o in pending if _primary(o.candidate)]
-    budget = {"left": max_candidates}
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-        _evaluate_round(first, pool, exported, source, profile, target, work, deadline, workers, budget, opts)
-        verdict = {o.candidate.method: o for o in first}
-        second = []
-        for o in pending:
-            if o in first:
-                continue
-            head = verdict.get(o.candidate.method)
-            lost = [r["name"] for r in (head.failed_rules if head else []) if r["name"].startswith("fidelity.")]
-            if head is not None and (head.status == "failed" or lost):
-                o.status = "pruned"
-                o.reason = f"{head.candidate.label} already {'failed' if head.status == 'failed' else 'misses ' + lost[0]}; coarser blocks lose more"
-            else:
-                second.append(o)
-        _evaluate_round(second, pool, exported, source, profile, target, work, deadline, workers, budget, opts)
-
-
-def _evaluate_round(todo: list[Outcome], pool: Any, exported: Path, source: SourceModel, profile: Profile,
-                    target: Target, work: Path, deadline: float, workers: int, budget: dict[str, int],
-                    opts: EvalOptions) -> None:
-    from edgekit import progress
-    from edgekit.gate import gate
-
-    for extra in todo[budget["left"]:]:
-        extra.status, extra.reason = "skipped", "beyond --max-candidates"
-    todo = todo[: budget["left"]]
-    budget["left"] -= len(todo)
-    with progress.stage("fit: candidates", total=len(todo)) as st:
-        for batch_start in range(0, len(todo), workers):
-            batch = todo[batch_start: batch_start + workers]
-            if time.monotonic() > deadline:
-                for o in todo[batch_start:]:
-                    o.status, o.reason = "skipped", "time budget ended"
-                break
-            t0 = time.monotonic()
-            futures = [(o, pool.submit(evaluate, o.candidate, exported, source, profile, target,
-                                       work / o.candidate.label.replace("/", "_"), opts)) for o in batch]
-            for o, fut in futures:
-                try:
-                    o.folder, o.report = fut.result()
-                except (EdgekitError, Exception) as exc:  # one broken candidate must not end the search
-                    o.status, o.reason = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-                    st.advance(info=o.candidate.label)
-                    continue
-                o.seconds = time.monotonic() - t0
-                o.figures = _figures(o.report)
-                o.gate = gate(o.report, profile)
-                o.failed_rules = [r.to_dict() for r in o.gate.failed]
-                o.status = "passed" if o.gate.passed else "rejected"
-                o.reason = "; ".join(r.describe() for r in o.gate.failed)
-                st.advance(info=o.candidate.label)
-
-
-class _Inline:
-    """A stand-in for a process pool that runs each job at submit time (no pickling, one process)."""
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, fn: Any, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future[Any] = Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            fut.set_exception(exc)
-        return fut
-
-
 @dataclass
 class FitResult:
     outcomes: list[Outcome]
@@ -345,8 +252,9 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
 
     from edgekit.catalog import check_method, load_target
     from edgekit.export import export
-    from edgekit.fit_report import write_fit_files
-    from edgekit.pipeline import BuildOptions, _write, check_text_files, checked_source
+    from edgekit.fit.report import write_fit_files
+    from edgekit.fit.search import search
+    from edgekit.pipeline import BuildOptions, BundleJob, check_text_files, checked_source, write_outputs
     from edgekit.util import exclusive
 
     out = Path(out)
@@ -379,10 +287,10 @@ def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[st
 
                 files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
                 report = {**pick.report, "gate": pick.gate.to_dict()}
-                report["source"] = {**(report.get("source") or {}), "sanity": sanity}
-                bundle = _write(OnnxArtifact.load(pick.folder), source, report, pick.gate, profile, target,
-                                pick.candidate.method, out, BuildOptions(command=command, calibration=calibration), [],
-                                extra_files=files)
+                set_sanity(report, sanity)
+                job = BundleJob(OnnxArtifact.load(pick.folder), report, pick.gate, profile, target,
+                                pick.candidate.method, extra_files=files)
+                bundle = write_outputs(job, out, BuildOptions(command=command, calibration=calibration))
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return FitResult(outcomes, chosen, nearest, bundle)

@@ -17,9 +17,13 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError, UnsupportedError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ def intermediate_size(config: Any) -> int:
     return int(config.intermediate_size)
 
 
-def layer_prefix(model: Any) -> str:
+def layer_prefix(model: Module) -> str:
     """State-dict prefix of the repeated blocks, e.g. 'model.layers.'."""
     import torch
 
@@ -113,7 +117,7 @@ def student_config(teacher_config: Any, plan: StudentPlan) -> Any:
     return config
 
 
-def channel_importance(layer_sd: dict[str, Any], model_type: str, width: int) -> Any:
+def channel_importance(layer_sd: dict[str, Tensor], model_type: str, width: int) -> Tensor:
     """Per intermediate channel: product of the L2 norms of its producing rows and its consuming column."""
     import torch
 
@@ -131,7 +135,7 @@ def channel_importance(layer_sd: dict[str, Any], model_type: str, width: int) ->
     return score
 
 
-def keep_channels(layer_sd: dict[str, Any], model_type: str, width: int, keep: int) -> Any:
+def keep_channels(layer_sd: dict[str, Tensor], model_type: str, width: int, keep: int) -> Tensor:
     """Indices (sorted) of the `keep` most important channels of one layer."""
     import torch
 
@@ -139,7 +143,7 @@ def keep_channels(layer_sd: dict[str, Any], model_type: str, width: int, keep: i
     return torch.sort(torch.topk(score, keep).indices).values
 
 
-def slice_param(value: Any, role: str, dim: int, idx: Any, width: int) -> Any:
+def slice_param(value: Tensor, role: str, dim: int, idx: Tensor, width: int) -> Tensor:
     if role == "fused":
         import torch
 
@@ -197,7 +201,7 @@ def build_student(teacher: Any, plan: StudentPlan) -> Any:
     return student
 
 
-def parameter_count(model: Any) -> int:
+def parameter_count(model: Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     seen = {id(p): p.numel() for p in model.parameters()}
     return int(sum(seen.values()))
