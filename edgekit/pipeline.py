@@ -238,7 +238,7 @@ def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: B
     return dict(bench(variant, source, profile, eval_data=opts.eval_data, **opts.bench))
 
 
-def _bench_and_evidence(variant: OnnxArtifact, source: Any, profile: Profile, target: Any, opts: BuildOptions,
+def _bench_and_evidence(variant: OnnxArtifact, source: SourceModel, profile: Profile, target: Target, opts: BuildOptions,
                         work: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """bench, then the reference data the bundle carries, then (arm64 targets) the emulated target-ISA check."""
     report = _bench(variant, source, profile, opts)
@@ -250,9 +250,9 @@ def _bench_and_evidence(variant: OnnxArtifact, source: Any, profile: Profile, ta
     return report, files
 
 
-def _reference_files(source: Any, report: dict[str, Any], work: Path) -> dict[str, Path]:
+def _reference_files(source: SourceModel, report: dict[str, Any], work: Path) -> dict[str, Path]:
     """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used."""
-    from edgekit.bundle_reference import write_reference
+    from edgekit.bundle.reference_build import write_reference
 
     ev = report.get("eval") or {}
     data = None if ev.get("data") in (None, "builtin:eval") else Path(str(ev["data"]))

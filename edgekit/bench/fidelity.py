@@ -228,7 +228,7 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, documents: list[str],
     return out
 
 
-def eval_windows(tokenizer: Any, config: dict[str, Any], eval_data: Path | None,
+def eval_windows(tokenizer: PreTrainedTokenizerBase, config: dict[str, Any], eval_data: Path | None,
                  eval_tokens: int) -> list[tuple[int, list[int]]]:
     """(document index, token window) pairs the causal fidelity reads; the bundle's reference data uses the same."""
     max_pos = int(config.get("max_position_embeddings") or config.get("n_positions") or WINDOW)

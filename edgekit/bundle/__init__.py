@@ -249,9 +249,9 @@ def write_bundle(artifact: OnnxArtifact, report: dict[str, Any], gate_result: Ga
         return writer.commit(archive=archive)
 
 
-def _add_genai_config(writer: BundleWriter, artifact: Any, meta: dict[str, Any]) -> dict[str, Any]:
+def _add_genai_config(writer: BundleWriter, artifact: OnnxArtifact, meta: dict[str, Any]) -> dict[str, Any]:
     """genai_config.json where onnxruntime-genai can drive the graph; the manifest's `runtimes` either way."""
-    from edgekit.genai_config import GENAI_FILE, runtimes_for
+    from edgekit.bundle.genai import GENAI_FILE, runtimes_for
 
     runtime = meta["runtime"]
     runtimes, genai = runtimes_for(artifact.path, artifact.task, providers=runtime["providers"],
@@ -334,7 +334,7 @@ def smoke_test(folder: Path) -> dict[str, Any]:
 
 
 def check_genai(folder: Path, manifest: dict[str, Any]) -> str:
-    from edgekit.genai_config import check_bundle
+    from edgekit.bundle.genai import check_bundle
 
     return check_bundle(folder, manifest)
 

@@ -101,7 +101,7 @@ def _bench_bundle_on_device(bundle: Path, profile_name: str, out: Path | None, a
     """On the device: measured speed and RSS, fidelity vs the bundle's reference; no torch, no source."""
     import json
 
-    from edgekit.ondevice import device_report
+    from edgekit.runtime.ondevice import device_report
 
     profile = None
     if profile_name != "local":  # default: the profile the bundle was built for

@@ -27,7 +27,7 @@ def emulate_bundle(bundle: Path, *, cpu: str | None, windows: int | None, prompt
     from edgekit.device.emulate import DEFAULT_CPU, apply_target_isa, emulated_check
     from edgekit.device.root import find_root
     from edgekit.errors import InputError
-    from edgekit.ondevice import load_reference
+    from edgekit.runtime.ondevice import load_reference
 
     with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as scratch:
         folder = safe_extract(bundle, Path(scratch)) if bundle.is_file() else bundle

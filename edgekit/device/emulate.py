@@ -1,4 +1,4 @@
-"""The emulated target-ISA check: the same on-device bench (edgekit.ondevice) on this host's kernels and on the
+"""The emulated target-ISA check: the same on-device bench (edgekit.runtime.ondevice) on this host's kernels and on the
 aarch64 kernels under qemu-user with the profile's CPU model, compared position by position.
 
 Records fidelity on the ARM kernels vs the source reference, and the ISA agreement with the host run (argmax
@@ -37,7 +37,7 @@ def _qemu_version(root: EmulatorRoot) -> str:
 
 def _bench_args(folder: Path, reference: Path | None, out: Path, windows: int | None, prompts: int,
                 greedy_tokens: int) -> list[str]:
-    args = ["-m", "edgekit.ondevice", str(Path(folder).resolve()), "--out", str(out), "--prompts", str(prompts),
+    args = ["-m", "edgekit.runtime.ondevice", str(Path(folder).resolve()), "--out", str(out), "--prompts", str(prompts),
             "--greedy-tokens", str(greedy_tokens)]
     if reference is not None:
         args += ["--reference", str(Path(reference).resolve())]
@@ -83,8 +83,8 @@ def emulated_check(folder: Path, *, cpu: str | None = None, reference: Path | No
                    prompts: int = 3, greedy_tokens: int = 16, root: EmulatorRoot | None = None,
                    timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """The target-ISA block for report.json (see the module docstring)."""
-    from edgekit.ondevice import load_reference
-    from edgekit.ondevice import run as bench_run
+    from edgekit.runtime.ondevice import load_reference
+    from edgekit.runtime.ondevice import run as bench_run
 
     folder = Path(folder)
     load_reference(folder, reference)  # no reference → one line, before minutes of emulation

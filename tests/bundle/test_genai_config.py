@@ -1,6 +1,6 @@
 """genai_config.json in bundles: written from the graph, hashed, and checked by `edgekit verify` (no GenAI needed).
 
-tests/test_genai.py loads the same bundles with onnxruntime-genai itself.
+tests/bundle/test_genai.py loads the same bundles with onnxruntime-genai itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edgekit.bundle import MANIFEST, sha256_file
-from edgekit.genai_config import GENAI_FILE, read_graph_io
+from edgekit.bundle.genai import GENAI_FILE, read_graph_io
 from tests.conftest import run_cli
 
 FAST = ("--eval-tokens", "48", "--max-time", "0.5")
@@ -141,7 +141,7 @@ def test_graphs_genai_cannot_drive_get_a_reason_not_a_config(tiny_model, tmp_pat
 
 
 def test_search_defaults_come_from_the_generation_config(fused_bundle: Path, tmp_path: Path) -> None:
-    from edgekit.genai_config import runtimes_for
+    from edgekit.bundle.genai import runtimes_for
 
     folder = shutil.copytree(fused_bundle, tmp_path / "b")
     gen = json.loads((folder / "generation_config.json").read_text())

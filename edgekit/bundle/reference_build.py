@@ -1,28 +1,31 @@
 """Build-time side of the reference data: run the PyTorch source on bench's eval windows and write
-`reference.npz` (format: edgekit.reference). The same tokens as the host fidelity: bench's `eval_windows`."""
+`reference.npz` (format: edgekit.bundle.reference). The same tokens as the host fidelity: bench's `eval_windows`."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit import progress
-from edgekit import reference as refmod
+from edgekit.bundle import reference as refmod
+
+if TYPE_CHECKING:
+    from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
 
 
-def eval_windows(source: Any, eval_data: Path | None, eval_tokens: int) -> list[list[int]]:
+def eval_windows(source: SourceModel, eval_data: Path | None, eval_tokens: int) -> list[list[int]]:
     from edgekit.bench.fidelity import eval_windows as bench_windows
 
     return [win for _, win in bench_windows(source.load_tokenizer(), source.config, eval_data, eval_tokens)]
 
 
-def make_reference(source: Any, eval_data: Path | None, eval_tokens: int, *, top_k: int = refmod.TOP_K) -> refmod.Reference:
+def make_reference(source: SourceModel, eval_data: Path | None, eval_tokens: int, *, top_k: int = refmod.TOP_K) -> refmod.Reference:
     """The source's next-token reference on the eval windows (text-generation sources only)."""
     import torch
 
@@ -45,7 +48,7 @@ def make_reference(source: Any, eval_data: Path | None, eval_tokens: int, *, top
     return builder.build(meta)
 
 
-def write_reference(source: Any, eval_data: Path | None, eval_tokens: int, dest: Path) -> Path | None:
+def write_reference(source: SourceModel, eval_data: Path | None, eval_tokens: int, dest: Path) -> Path | None:
     """`dest` for a text-generation source; None (nothing to write) for encoders."""
     if source.task != "text-generation":
         return None

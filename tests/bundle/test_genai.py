@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.genai_config import GENAI_FILE, GENAI_VERSION
+from edgekit.bundle.genai import GENAI_FILE, GENAI_VERSION
+from tests.bundle.test_genai_config import FAST, build
 from tests.conftest import REPO, run_cli
-from tests.test_genai_config import FAST, build
 
 try:
     import onnxruntime_genai as og

@@ -1,5 +1,5 @@
 /* The part of onnxruntime-genai 0.15.2's C API (src/ort_genai_c.h, MIT licence) that README.md's snippet calls,
- * declared as in that header: tests/test_genai.py compiles the README's C block against the Python wheel's
+ * declared as in that header: tests/bundle/test_genai.py compiles the README's C block against the Python wheel's
  * libonnxruntime-genai.so, which ships the library but not the header. */
 #pragma once
 #include <stdbool.h>

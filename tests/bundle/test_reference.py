@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import reference as refmod
 from edgekit.bench.fidelity import causal_stats
+from edgekit.bundle import reference as refmod
 from edgekit.device.root import check_wheel_platform
 from edgekit.errors import InputError
 from tests.conftest import REPO, run_cli
@@ -130,7 +130,7 @@ def _device_site(tmp_path: Path) -> Path:
         libs = pkg.parent / f"{pkg.name}.libs"
         if libs.is_dir():
             (site / libs.name).symlink_to(libs)
-    (site / "edgekit").symlink_to(Path(__file__).resolve().parents[1] / "edgekit")
+    (site / "edgekit").symlink_to(REPO / "edgekit")
     return site
 
 
@@ -138,7 +138,7 @@ def test_device_runner_needs_only_onnxruntime_numpy_tokenizers(bundle: Path, tmp
     site = _device_site(tmp_path)
     out = tmp_path / "r.json"
     argv = ["x", str(bundle), "--out", str(out), "--prompts", "1", "--greedy-tokens", "4"]
-    check = f"import sys, runpy; sys.argv = {argv!r}; runpy.run_module('edgekit.ondevice', run_name='__main__', alter_sys=True)"
+    check = f"import sys, runpy; sys.argv = {argv!r}; runpy.run_module('edgekit.runtime.ondevice', run_name='__main__', alter_sys=True)"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site)}
     # -S: no site-packages at all; torch, pydantic, click, yaml, transformers cannot be imported
     res = subprocess.run([sys.executable, "-S", "-c", check], env=env, capture_output=True, text=True, timeout=300)

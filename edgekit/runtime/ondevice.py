@@ -1,6 +1,6 @@
 """The on-device bench: a bundle's fidelity vs the reference it carries, and its speed, with onnxruntime, numpy
 and tokenizers only — no torch, no source weights. Runs on the device's own Python (3.9+), and under qemu-user
-for the emulated target-ISA check (`python -m edgekit.ondevice FOLDER --out result.json`).
+for the emulated target-ISA check (`python -m edgekit.runtime.ondevice FOLDER --out result.json`).
 
 The generation loop is `edgekit.runtime`'s (the one `edgekit run` ships); the fidelity summary is bench's
 (`summarize_causal`), fed per-position statistics computed against `reference.npz` instead of the source.
@@ -17,12 +17,15 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit import reference as refmod
+from edgekit.bundle import reference as refmod
 from edgekit.errors import InputError
+
+if TYPE_CHECKING:
+    from edgekit.runtime import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def load_reference(folder: Path, path: Path | None = None) -> refmod.Reference:
         raise InputError(str(exc)) from exc
 
 
-def reference_fidelity(decoder: Any, ref: refmod.Reference, *, max_windows: int | None = None) -> tuple[dict[str, Any], list[int]]:
+def reference_fidelity(decoder: Decoder, ref: refmod.Reference, *, max_windows: int | None = None) -> tuple[dict[str, Any], list[int]]:
     """Fidelity vs the shipped reference (bench's metric names and CIs) and the variant's argmax per position."""
     from edgekit.bench.fidelity import CausalStats, summarize_causal
 
@@ -65,11 +68,11 @@ def greedy_prompts(ref: refmod.Reference, count: int) -> list[list[int]]:
     return [ids[i * step:i * step + GREEDY_PROMPT_TOKENS] for i in range(count) if i * step + 2 <= len(ids)]
 
 
-def greedy(decoder: Any, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def greedy(decoder: Decoder, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     return [decoder.generate(p, new_tokens).tokens for p in prompts]
 
 
-def speed(decoder: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
+def speed(decoder: Decoder, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
     """TTFT and decode rate over `runs` generations of the profile's workload (measured, never estimated)."""
     from edgekit.bench.latency import generation_metrics
 
@@ -196,7 +199,7 @@ def _build_host_decode(folder: Path) -> dict[str, Any] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point under the emulator: results as JSON to --out; errors as one line, exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m edgekit.ondevice")
+    parser = argparse.ArgumentParser(prog="python -m edgekit.runtime.ondevice")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--reference", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)
