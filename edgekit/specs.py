@@ -6,23 +6,14 @@ never a silently ignored rule. Loading from files (and naming the file in errors
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.errors import UnsupportedError
+from edgekit.kinds import METHODS, QUANT_METHODS, TASKS, Method, Task
 
-# The one list of methods and tasks: everything else (CLI choices, quantization methods, bundle checks) derives
-# from these two types. Methods in order of increasing compression; see design.md.
-Method = Literal[
-    "fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq", "int4-gptq", "distill"
-]
-Task = Literal["text-generation", "text-classification", "feature-extraction"]
-METHODS: tuple[str, ...] = get_args(Method)
-TASKS: tuple[str, ...] = get_args(Task)
-# What compress/ implements: every method but the unquantized export and distillation (its own stage).
-QUANT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("fp32", "distill"))
-
+__all__ = ["METHODS", "QUANT_METHODS", "TASKS", "Method", "Task"]  # re-exported: specs is where callers look
 
 def detect_task(config: dict[str, Any]) -> str:
     """The task of an HF config.json, from its architecture; the one detection (source, artifact and runtime)."""

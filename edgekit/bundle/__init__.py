@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edgekit import __version__
 from edgekit.bundle.archive import safe_extract, write_archive
 from edgekit.errors import BundleError, InputError, VerifyFailed
-from edgekit.specs import TASKS
+from edgekit.kinds import TASKS  # not specs: the device runner reads manifests without pydantic
 
 if TYPE_CHECKING:
     from edgekit.artifact import OnnxArtifact
