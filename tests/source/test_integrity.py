@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def _build(gguf: Path, out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`edgekit build GGUF` (fp32, short bench) with the source checks enforced."""
+    return run_cli("build", str(gguf), "--profile", "local", "--method", "fp32", "-o", str(out), *FAST, *extra,
+                   env={**STRICT, "EDGEKIT_CACHE": str(cache)})
+
+
 def test_build_with_a_broken_tokenizer_exits_2_naming_the_check(cache: Path, tmp_path: Path) -> None:
     gguf = write_gguf(tmp_path / "m.gguf", bpe_vocab())
     converted = load_source(str(gguf)).path
@@ -29,19 +36,7 @@ def test_build_with_a_broken_tokenizer_exits_2_naming_the_check(cache: Path, tmp
     tok = json.loads((converted / "tokenizer.json").read_text())
     tok["model"]["merges"] = []
     (converted / "tokenizer.json").write_text(json.dumps(tok))
-    out = tmp_path / "bundle"
-    res = run_cli(
-        "build",
-        str(gguf),
-        "--profile",
-        "local",
-        "--method",
-        "fp32",
-        "-o",
-        str(out),
-        *FAST,
-        env={**STRICT, "EDGEKIT_CACHE": str(cache)},
-    )
+    res = _build(gguf, tmp_path / "bundle", cache)
     assert res.returncode == 2, res.stderr
     assert "source check 'tokenizer.probes' failed" in res.stderr and "Traceback" not in res.stderr
     assert len([ln for ln in res.stderr.splitlines() if ln.startswith("edgekit: ")]) == 1  # one error line
@@ -70,19 +65,7 @@ def test_inspect_reports_every_figure_and_exits_2_on_a_random_model(cache: Path,
 def test_override_records_and_builds(cache: Path, tmp_path: Path) -> None:
     gguf = write_gguf(tmp_path / "spm.gguf", spm_vocab())
     out = tmp_path / "b"
-    res = run_cli(
-        "build",
-        str(gguf),
-        "--profile",
-        "local",
-        "--method",
-        "fp32",
-        "-o",
-        str(out),
-        *FAST,
-        "--allow-implausible-source",
-        env={**STRICT, "EDGEKIT_CACHE": str(cache)},
-    )
+    res = _build(gguf, out, cache, "--allow-implausible-source")
     assert_exit_follows_gate(res, out / "gate.json")
     sanity = json.loads((out / "report.json").read_text())["source"]["sanity"]
     assert sanity["override"] == "--allow-implausible-source" and sanity["failed"] == ["bits_per_byte"]
