@@ -87,7 +87,7 @@ class _Stages:
         try:
             with progress.stage(label) as st:
                 if name in self.previous:  # the last build into OUT is the best ETA there is
-                    st.set_info(f"(last build: {self.previous[name]:.0f} s)")
+                    st.expect(self.previous[name])
                 yield
         except EdgekitError as exc:
             self._record(name, t0, ok=False)

@@ -47,6 +47,12 @@ class Stage:
         if self.display is not None:
             self.display.update(self.name, self.done, self.total, self.info)
 
+    def expect(self, seconds: float) -> None:
+        """How long this stage took last time: an ETA for work that reports no steps (an export, a quantizer)."""
+        hook = getattr(self.display, "expect", None)  # optional in the Display protocol
+        if hook is not None:
+            hook(self.name, seconds)
+
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -75,20 +81,25 @@ def stage(name: str, total: float | None = None) -> Iterator[Stage]:
 
 
 @dataclass
-class _Active:
+class ActiveStage:
     name: str
     total: float | None
     started: float = field(default_factory=time.perf_counter)
     done: float = 0.0
     info: str = ""
     bar: Any = None
+    expected: float | None = None
 
     def line(self) -> str:
-        """tqdm's own meter text: percent, elapsed, ETA (or elapsed alone when the total is unknown)."""
+        """tqdm's own meter text: percent, elapsed, ETA (from the last run's time when the work reports no steps)."""
         from tqdm import tqdm
 
         elapsed = time.perf_counter() - self.started
-        if not self.total or self.done > self.total:
+        if (not self.total or self.done > self.total) and self.expected:
+            left = tqdm.format_interval(max(self.expected - elapsed, 0.0))
+            text = (f"{self.name}: {min(elapsed / self.expected, 0.99):.0%} {tqdm.format_interval(elapsed)} elapsed, "
+                    f"ETA {left} (from the last build)")
+        elif not self.total or self.done > self.total:
             text = f"{self.name}: {tqdm.format_interval(elapsed)} elapsed, ETA unknown"
         else:
             text = tqdm.format_meter(self.done, self.total, elapsed, prefix=self.name, ascii=True, ncols=100)
@@ -100,14 +111,14 @@ class TerminalDisplay:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.active: dict[str, _Active] = {}
+        self.active: dict[str, ActiveStage] = {}
 
     def start(self, name: str, total: float | None) -> None:
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=name, file=self.stream, leave=False, position=len(self.active),
                    bar_format=None if total else "{desc} {elapsed} elapsed {postfix}", dynamic_ncols=True)
-        self.active[name] = _Active(name, total, bar=bar)
+        self.active[name] = ActiveStage(name, total, bar=bar)
 
     def update(self, name: str, done: float, total: float | None, info: str) -> None:
         act = self.active.get(name)
@@ -136,13 +147,13 @@ class LogDisplay:
     def __init__(self, stream: TextIO | None = None, interval: float = 30.0) -> None:
         self.stream = stream or sys.stderr
         self.interval = interval
-        self.active: dict[str, _Active] = {}
+        self.active: dict[str, ActiveStage] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self, name: str, total: float | None) -> None:
         with self._lock:
-            self.active[name] = _Active(name, total)
+            self.active[name] = ActiveStage(name, total)
             self._write(f"{name}: started")
             if self._thread is None:  # a daemon: it never holds up the interpreter's exit
                 self._thread = threading.Thread(target=self._beat, name="edgekit-progress", daemon=True)
@@ -153,6 +164,12 @@ class LogDisplay:
             act = self.active.get(name)
             if act is not None:
                 act.done, act.total, act.info = done, total, info
+
+    def expect(self, name: str, seconds: float) -> None:
+        with self._lock:
+            act = self.active.get(name)
+            if act is not None and seconds > 0:
+                act.expected = seconds
 
     def finish(self, name: str, seconds: float, ok: bool) -> None:
         with self._lock:

@@ -143,3 +143,16 @@ def test_wheel_works_outside_the_checkout(tiny_model, tmp_path: Path) -> None:  
     build = json.loads((out / "build.json").read_text())
     assert build["settings"]["calibration"] is None
     assert (out / "edgekit.json").is_file()
+
+
+def test_progress_line_estimates_eta_from_the_last_build() -> None:
+    import re
+    import time
+
+    from edgekit.progress import ActiveStage
+
+    stepless = ActiveStage("[2/6] export", None, started=time.perf_counter() - 30, expected=120)
+    assert re.search(r"25% 00:30 elapsed, ETA 01:(29|30) \(from the last build\)", stepless.line()), stepless.line()
+    assert "ETA unknown" in ActiveStage("[2/6] export", None, started=time.perf_counter() - 30).line()
+    stepped = ActiveStage("bench: fidelity", 8, started=time.perf_counter() - 30, done=2).line()
+    assert "25%" in stepped and re.search(r"01:(29|30)", stepped), stepped  # tqdm: 2 of 8 windows in 30 s, 90 s to go
