@@ -252,11 +252,12 @@ def _bench_and_evidence(variant: OnnxArtifact, source: SourceModel, profile: Pro
 
 def _reference_files(source: SourceModel, report: dict[str, Any], work: Path) -> dict[str, Path]:
     """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used."""
+    from edgekit.bench.core import DEFAULT_EVAL_TOKENS
     from edgekit.bundle.reference_build import write_reference
 
     ev = report.get("eval") or {}
     data = None if ev.get("data") in (None, "builtin:eval") else Path(str(ev["data"]))
-    path = write_reference(source, data, int(ev.get("tokens") or 512), work / "reference.npz")
+    path = write_reference(source, data, int(ev.get("tokens") or DEFAULT_EVAL_TOKENS), work / "reference.npz")
     return {"reference.npz": path} if path else {}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from edgekit.bench.core import DEFAULT_EVAL_TOKENS
 from edgekit.cli.inspect_cmd import allow_implausible_option
 from edgekit.cli.options import common_options, echo, emit_json, note, table
 
@@ -19,7 +20,7 @@ from edgekit.cli.options import common_options, echo, emit_json, note, table
               help="Profile name or YAML path (--on-device on a bundle: default the bundle's own).")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out text (one item a line; 'label<TAB>text' for classification accuracy).")
-@click.option("--eval-tokens", type=click.IntRange(min=2), default=2048, show_default=True,
+@click.option("--eval-tokens", type=click.IntRange(min=2), default=DEFAULT_EVAL_TOKENS, show_default=True,
               help="Tokens of eval text for fidelity (windows of <= 256 within documents).")
 @click.option("--max-time", "max_time", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Time limit (s) of each engine's repeated timing runs.")
