@@ -62,6 +62,8 @@ def _config(name: str) -> Any:
     )
     if name == "llama":
         return tf.LlamaConfig(**llama_like), tf.LlamaForCausalLM
+    if name == "llama-tied":  # one embedding for input and output, as SmolLM2 (not in CAUSAL: one test module)
+        return tf.LlamaConfig(**{**llama_like, "tie_word_embeddings": True}), tf.LlamaForCausalLM
     if name == "mistral":
         return tf.MistralConfig(sliding_window=None, **llama_like), tf.MistralForCausalLM
     if name == "qwen2":
@@ -97,7 +99,7 @@ def build_tiny(name: str, out: Path, tokenizers: dict[str, Any] | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     cache[kind].save_pretrained(out)
-    if name in CAUSAL:
+    if name in CAUSAL or name == "llama-tied":
         GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=1).save_pretrained(out)
     (out / "tiny.json").write_text(json.dumps({"name": name}))
     return out

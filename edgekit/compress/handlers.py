@@ -35,6 +35,9 @@ class Plan:
     gathers: list[str] = field(default_factory=list)
     feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The embedding table is the lm_head weight transposed (tied); then the Gather reads the lm_head's blocks.
+    tied: bool = False
+    shared_bits: int = 0  # set by the handler: bits of the table the embedding shares with the lm_head (0: none)
 
 
 @contextlib.contextmanager
@@ -122,6 +125,22 @@ def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelPro
 
 
 def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:
+    """The token embedding as GatherBlockQuantized: over the lm_head's own blocks when tied, else its own table."""
+    from edgekit.compress import shared
+
+    plan.shared_bits = 0
+    if plan.tied and plan.lm_head and plan.embedding:
+        plan.shared_bits = shared.share(model, plan.embedding, plan.lm_head) or 0
+    if plan.shared_bits:
+        note = (f"tied embedding: the Gather reads the lm_head's {plan.shared_bits}-bit blocks "
+                "(one table in the graph, not two)")
+        if note not in plan.notes:
+            plan.notes.append(note)
+        return model
+    return _own_embedding(model, spec, plan)
+
+
+def _own_embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:
     """The token-embedding Gather as GatherBlockQuantized: 4-bit via onnxruntime's Gather quantizer, 8-bit
     (which that quantizer lacks) from onnxruntime's own 8-bit block kernel, blocks along the hidden axis."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig

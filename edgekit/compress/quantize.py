@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit import progress
 from edgekit.artifact import MODEL_FILE, OnnxArtifact
-from edgekit.compress import checks, graph
+from edgekit.compress import checks, graph, shared
 from edgekit.compress.handlers import Plan, run_handler
 from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
 from edgekit.errors import InputError, UnsupportedError
@@ -119,8 +119,9 @@ def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Pat
     nodes = graph.weight_nodes(model)
     keep = {w.name for w in nodes if graph.match(w.name, spec.keep_fp) or graph.match(w.weight, spec.keep_fp)}
     vocab = artifact.config.get("vocab_size")
-    return Plan(work=work, exclude=keep, lm_head=graph.lm_head(model), feeds=feeds,
-                embedding=graph.token_embedding(model, vocab if isinstance(vocab, int) else None),
+    head, embedding = graph.lm_head(model), graph.token_embedding(model, vocab if isinstance(vocab, int) else None)
+    tied = isinstance(spec, WeightOnlySpec) and spec.embed_bits > 0 and shared.is_tied(model, embedding, head)
+    return Plan(work=work, exclude=keep, lm_head=head, feeds=feeds, embedding=embedding, tied=tied,
                 gathers=[w.name for w in nodes if w.op == "Gather"])
 
 
@@ -266,7 +267,7 @@ def _decisions(base: ModelProto, variant: ModelProto, plan: Plan, spec: MethodSp
 def _bits_label(spec: MethodSpec, w: graph.WeightNode, plan: Plan, head_bits: int | None) -> str:
     if isinstance(spec, WeightOnlySpec):
         if w.op == "Gather":
-            return f"int{spec.embed_bits}"
+            return f"int{plan.shared_bits}: shared with the lm_head" if plan.shared_bits else f"int{spec.embed_bits}"
         if w.name == plan.lm_head and head_bits:
             return f"int{head_bits}"
         if w.name in plan.upgrade:
