@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from edgekit.gate import GateResult
     from edgekit.source import SourceModel
     from edgekit.specs import Target
-from edgekit.util import exclusive, is_user_os_error, peak_rss_mb
+from edgekit.util import exclusive, is_user_os_error, peak_rss_mb, reset_peak_rss
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,10 +78,13 @@ class _Stages:
         self.records: list[dict[str, Any]] = []
         self.plan: list[str] = ["source"]
         self.previous = previous or {}
+        self.peak_mb = 0.0  # the build's peak RSS: the largest stage peak
+        self.windowed = True  # every stage's peak was measured from its own start (see util.reset_peak_rss)
 
     @contextmanager
     def run(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        self.windowed = reset_peak_rss() and self.windowed
         index = self.plan.index(name) + 1 if name in self.plan else len(self.records) + 1
         label = f"[{index}/{len(self.plan)}] {name}" if len(self.plan) > 1 else name
         try:
@@ -105,9 +108,21 @@ class _Stages:
     def _record(self, name: str, t0: float, *, ok: bool) -> None:
         import resource
 
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # bench measures in subprocesses
+        # Bench measures in subprocesses. Linux hands a child the parent's RSS high-water mark at exec, so this is
+        # at least the parent's size at the time and only an upper bound for the children themselves.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        peak = peak_rss_mb()
+        self.peak_mb = max(self.peak_mb, peak)
         self.records.append({"stage": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2),
-                             "peak_rss_mb": round(peak_rss_mb(), 1), "children_peak_rss_mb": round(children, 1)})
+                             "peak_rss_mb": round(peak, 1), "children_peak_rss_mb": round(children, 1)})
+
+    def memory(self, parameters: int | None) -> dict[str, Any]:
+        """The build's peak RSS (MiB, this process), beside the source's fp32 weight bytes."""
+        fp32_mb = parameters * 4 / 2**20 if parameters else None
+        return {"peak_rss_mb": round(self.peak_mb, 1), "peak_stage": max(self.records, key=lambda r: r["peak_rss_mb"])["stage"],
+                "scope": "per stage" if self.windowed else "process so far (no peak reset on this OS)",
+                "fp32_weights_mb": round(fp32_mb, 1) if fp32_mb else None,
+                "ratio_to_fp32_weights": round(self.peak_mb / fp32_mb, 3) if fp32_mb else None}
 
     def call(self, name: str, fn: Callable[[], T]) -> T:
         with self.run(name):
@@ -167,7 +182,8 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             result = stages.call("gate", lambda: run_gate(report, profile))
             report["gate"] = result.to_dict()
             with stages.run("bundle"):
-                job = BundleJob(variant, report, result, profile, target, method, stages.records, extra_files)
+                job = BundleJob(variant, report, result, profile, target, method, stages.records, extra_files,
+                                stages.memory(source.fingerprint.get("parameters")))
                 bundle = write_outputs(job, out, opts)
         finally:
             if opts.keep_work:
@@ -273,6 +289,7 @@ class BundleJob:
     method: str
     stages: list[dict[str, Any]] = field(default_factory=list)
     extra_files: dict[str, Path] | None = None
+    memory: dict[str, Any] | None = None  # the build's peak RSS vs the fp32 weights (_Stages.memory)
 
 
 def write_outputs(job: BundleJob, out: Path, opts: BuildOptions) -> Path:
@@ -285,7 +302,7 @@ def write_outputs(job: BundleJob, out: Path, opts: BuildOptions) -> Path:
                 "calibration": str(opts.calibration) if opts.calibration else None, "bench": opts.bench,
                 "distill": opts.distill if method == "distill" else None}
     build_record = {"schema": "edgekit/build@1", "edgekit_version": __version__, "command": opts.command,
-                    "settings": settings, "stages": job.stages}
+                    "settings": settings, "stages": job.stages, **({"memory": job.memory} if job.memory else {})}
     return write_bundle(job.variant, job.report, job.result, out, command=opts.command, archive=opts.archive,
                         method=method if method != "distill" else f"distill+{opts.then or 'fp32'}",
                         build=build_record, extra_files=job.extra_files)

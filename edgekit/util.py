@@ -65,6 +65,19 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window for this process, so peak_rss_mb() measures one stage and not everything before it.
+
+    Linux resets VmHWM (and with it ru_maxrss) on "5" written to /proc/self/clear_refs. False where that is not
+    offered: peak_rss_mb() then keeps counting from the process start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def dir_size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
 
