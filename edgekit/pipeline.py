@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from edgekit.gate import GateResult
     from edgekit.source import SourceModel
     from edgekit.specs import Target
-from edgekit.util import exclusive, is_user_os_error, peak_rss_mb, reset_peak_rss
+from edgekit.util import exclusive, is_user_os_error, peak_rss_mb, release_memory, reset_peak_rss
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +84,7 @@ class _Stages:
     @contextmanager
     def run(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        release_memory()
         self.windowed = reset_peak_rss() and self.windowed
         index = self.plan.index(name) + 1 if name in self.plan else len(self.records) + 1
         label = f"[{index}/{len(self.plan)}] {name}" if len(self.plan) > 1 else name

@@ -64,6 +64,10 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     record = json.loads((out / "build.json").read_text())
     assert [s["stage"] for s in record["stages"]] == stages[:-1]  # build.json is written inside the bundle stage
     assert all(s["ok"] and s["seconds"] >= 0 and s["peak_rss_mb"] > 0 for s in record["stages"])
+    memory = record["memory"]  # the build's peak (the largest stage peak) beside the source's fp32 weights
+    assert memory["peak_rss_mb"] == max(s["peak_rss_mb"] for s in record["stages"]) and memory["scope"] == "per stage"
+    assert memory["fp32_weights_mb"] == round(manifest["source"]["parameters"] * 4 / 2**20, 1)
+    assert memory["ratio_to_fp32_weights"] == pytest.approx(memory["peak_rss_mb"] / memory["fp32_weights_mb"], rel=1e-2)
     assert json.loads((out / "report.json").read_text())["gate"]["passed"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.tar.gz"]  # work dirs removed
     assert run_cli("verify", str(out)).returncode == 0

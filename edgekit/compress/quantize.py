@@ -23,7 +23,7 @@ from edgekit.compress.handlers import Plan, run_handler
 from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
 from edgekit.errors import InputError, UnsupportedError
 from edgekit.specs import Target
-from edgekit.util import atomic_dir, peak_rss_mb
+from edgekit.util import atomic_dir, peak_rss_mb, release_memory
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -48,6 +48,9 @@ class _Job:
     tmp: Path
     record: dict[str, Any] = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
+    # The fp32 graph's weight nodes and fused Attention nodes: what _decisions reads once the graph itself is gone.
+    weights: list[graph.WeightNode] = field(default_factory=list)
+    attention: set[str] = field(default_factory=set)
 
 
 def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, out: Path | str, *,
@@ -71,17 +74,25 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
     record = _base_record(artifact, spec, target)
     parent = artifact.session()
     seqs, feeds = _calibration(artifact, parent, calibration, calibration_samples, record)
+    # Not held while the quantizer holds the fp32 graph (SmolLM2: 0.8 GB each); the checks open it again.
+    del parent
+    release_memory()
     with atomic_dir(out) as tmp:
         work = tmp / ".work"
         work.mkdir()
         base = onnx.load(str(artifact.model_file))
         graph.ensure_names(base)
         record["nodes"] = {"converted_gemm": graph.gemm_to_matmul(base) if spec.method != "fp16" else []}
-        job = _Job(artifact, spec, _plan(base, spec, artifact, work, feeds), parent, seqs, feeds, tmp, record, t0)
-        variant, check = _quantize_checked(job)
-        if max_top1_drop is not None:
+        job = _Job(artifact, spec, _plan(base, spec, artifact, work, feeds), None, seqs, feeds, tmp, record, t0,
+                   graph.weight_nodes(base), {n.name for n in base.graph.node if n.op_type == "Attention"})
+        if max_top1_drop is None:
+            # The handler consumes this graph: one fp32 copy in memory instead of two (600 MB for SmolLM2).
+            variant, check = _quantize_checked(job, base)
+            del base
+        else:
+            variant, check = _quantize_checked(job)
             variant, check = _fallback(job, base, check, max_top1_drop)
-        _finish(job, base, variant, check)
+        _finish(job, variant, check)
         shutil.rmtree(work, ignore_errors=True)
     return OnnxArtifact.load(out)
 
@@ -125,17 +136,20 @@ def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Pat
                 gathers=[w.name for w in nodes if w.op == "Gather"])
 
 
-def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
-    """Quantize a fresh copy of the parent with `job.plan`, save it to `job.tmp`, and check it against the parent."""
+def _quantize_checked(job: _Job, prepared: ModelProto | None = None) -> tuple[Any, dict[str, Any]]:
+    """Quantize `prepared` (the parent graph, names ensured and Gemms converted, consumed here) or else a fresh copy
+    of the parent with `job.plan`, save it to `job.tmp`, and check it against the parent."""
     import onnx
 
     from edgekit.runtime import make_session
 
     spec, artifact, tmp, record = job.spec, job.artifact, job.tmp, job.record
-    base = onnx.load(str(artifact.model_file))
-    graph.ensure_names(base)
-    if spec.method != "fp16":
-        graph.gemm_to_matmul(base)
+    base = prepared
+    if base is None:
+        base = onnx.load(str(artifact.model_file))
+        graph.ensure_names(base)
+        if spec.method != "fp16":
+            graph.gemm_to_matmul(base)
     t = time.perf_counter()
     with progress.stage(f"compress: {spec.method}"):
         variant = run_handler(spec, base, job.plan)
@@ -145,6 +159,10 @@ def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
     from edgekit.compress.handlers import save_model
 
     save_model(variant, tmp / MODEL_FILE)
+    del variant, base  # on disk now; _finish reads the graph back once the sessions are gone
+    release_memory()
+    if job.parent is None:  # the larger session first: the smaller one's load peak then lands on less
+        job.parent = artifact.session()
     try:
         session = make_session(tmp / MODEL_FILE)
     except Exception as exc:
@@ -155,7 +173,7 @@ def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
     with progress.stage("compress: accuracy check"):
         check = checks.agreement(job.parent, session, artifact.task, job.seqs, spec.method)
     check["session"] = session
-    return variant, check
+    return None, check
 
 
 def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
@@ -196,25 +214,28 @@ def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: floa
     return variant, check
 
 
-def _finish(job: _Job, base: ModelProto, variant: ModelProto | None, check: dict[str, Any]) -> None:
+def _finish(job: _Job, variant: ModelProto | None, check: dict[str, Any]) -> None:
     """Write compress.json beside the variant: decisions, checks, speed, I/O, sizes, timings."""
     import onnx
 
     from edgekit.export import io_signature
 
     record, tmp, artifact = job.record, job.tmp, job.artifact
-    if variant is None:  # the fallback loop was not needed: the first variant is on disk already
-        variant = onnx.load(str(tmp / MODEL_FILE))
     session = check.pop("session")
-    record["nodes"].update(_decisions(base, variant, job.plan, job.spec))
+    with progress.stage("compress: speed check"):
+        record["speed"] = checks.speed(job.parent, session, job.feeds)
+    del session
+    job.parent = None
+    release_memory()
+    if variant is None:  # on disk (_quantize_checked frees its copy before the checks)
+        variant = onnx.load(str(tmp / MODEL_FILE))
+    record["nodes"].update(_decisions(job, variant))
     record["ops"] = graph.op_counts(variant)
     record["check"] = check
     if "warning" in check:
         log.warning("accuracy check: %s", check["warning"])
         record["accuracy_warning"] = check["warning"]
         record["warnings"].append(check["warning"])
-    with progress.stage("compress: speed check"):
-        record["speed"] = checks.speed(job.parent, session, job.feeds)
     if "warning" in record["speed"]:
         log.warning("speed check: %s", record["speed"]["warning"])
         record["speed_warning"] = record["speed"]["warning"]
@@ -233,14 +254,15 @@ def _finish(job: _Job, base: ModelProto, variant: ModelProto | None, check: dict
     (tmp / "compress.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-def _decisions(base: ModelProto, variant: ModelProto, plan: Plan, spec: MethodSpec) -> dict[str, Any]:
+def _decisions(job: _Job, variant: ModelProto) -> dict[str, Any]:
     """What happened to each weight node, read from the variant: a float weight that is gone was quantized."""
     from onnx import TensorProto
 
+    plan, spec = job.plan, job.spec
     after = {i.name: i.data_type for i in variant.graph.initializer}
     head_bits = getattr(spec, "lm_head_bits", None)
     decisions: dict[str, str] = {}
-    for w in graph.weight_nodes(base):
+    for w in job.weights:
         if w.name in plan.exclude:
             decisions[w.name] = "kept fp32: " + ("--keep-fp" if graph.match(w.name, spec.keep_fp)
                                                   or graph.match(w.weight, spec.keep_fp) else "sensitivity fallback")
@@ -251,9 +273,8 @@ def _decisions(base: ModelProto, variant: ModelProto, plan: Plan, spec: MethodSp
         else:
             decisions[w.name] = "kept fp32: " + _why_kept(spec, w, plan, head_bits)
     # A fused encoder Attention carries its QKV weights itself; quantize_dynamic turns it into QAttention.
-    attention = {n.name for n in base.graph.node if n.op_type == "Attention"}
     for n in variant.graph.node:
-        if n.op_type == "QAttention" and n.name.removesuffix("_quant") in attention:
+        if n.op_type == "QAttention" and n.name.removesuffix("_quant") in job.attention:
             decisions[n.name.removesuffix("_quant")] = "int8: QAttention"
     counts: dict[str, int] = {}
     for d in decisions.values():

@@ -6,6 +6,7 @@ optimizes it for the target; every graph that ships has passed `parity.check_par
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
 
 if TYPE_CHECKING:
-    from edgekit.export.parity import ParityResult
+    from edgekit.export.parity import ParityResult, TorchReference
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,20 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
         raw = tmp / "raw"
         t0 = time.perf_counter()
         model = source.load_model() if parity or writer == "fused" else None
-        tokenizer = source.load_tokenizer() if parity else None
+        # PyTorch's parity outputs first, so no ONNX session ever shares the process with the PyTorch model.
+        reference = _torch_reference(source, model) if parity else None
         with progress.stage(f"export: onnx graph ({writer})"):
             if writer == "fused":
                 record["graph"] = _fused_export(source, model, raw, opset or target.export.opset)
-            else:
+            model = None  # parity needs only the reference outputs; optimum loads a copy of its own
+            gc.collect()
+            if writer != "fused":
                 _optimum_export(source, raw, opset or target.export.opset)
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
         chosen = raw / MODEL_FILE
         if parity:
             with progress.stage("export: parity (raw graph)"):
-                record["parity_raw"] = _parity(source, chosen, model, tokenizer, "export").to_dict()
+                record["parity_raw"] = _parity(source, chosen, reference, "export").to_dict()
         t1 = time.perf_counter()
         with progress.stage(f"export: optimize ({target.optimize.graph_level})"):
             if writer == "fused":  # already fused; the device session applies the rest at load time
@@ -77,7 +81,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
         if optimized is not None and parity:
             try:
                 with progress.stage("export: parity (optimized graph)"):
-                    record["parity"] = _parity(source, optimized, model, tokenizer, "optimized graph").to_dict()
+                    record["parity"] = _parity(source, optimized, reference, "optimized graph").to_dict()
                 chosen = optimized
             except ParityError as exc:
                 log.warning("optimized graph failed parity, shipping the unoptimized one: %s", exc.message)
@@ -95,10 +99,17 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     return OnnxArtifact.load(out)
 
 
-def _parity(source: SourceModel, model_file: Path, model: Any, tokenizer: Any, stage: str) -> ParityResult:
+def _torch_reference(source: SourceModel, model: Any) -> TorchReference:
+    from edgekit.export.parity import torch_reference
+
+    with progress.stage("export: PyTorch reference outputs"):
+        return torch_reference(source, model)
+
+
+def _parity(source: SourceModel, model_file: Path, reference: TorchReference | None, stage: str) -> ParityResult:
     from edgekit.export.parity import check_parity
 
-    return check_parity(source, model_file, model=model, tokenizer=tokenizer, stage=stage)
+    return check_parity(source, model_file, stage=stage, reference=reference)
 
 
 def choose_writer(source: SourceModel, wanted: str) -> str:
@@ -223,12 +234,20 @@ def _finalize(chosen: Path, raw: Path, tmp: Path, record: dict[str, Any]) -> Non
     """Move the shipped graph (+ data) and side files to the top of the output folder."""
     import onnx
 
-    proto = onnx.load(str(chosen))
-    total = sum(len(t.raw_data) for t in proto.graph.initializer)
-    external = total > EXTERNAL_DATA_BYTES
-    onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=MODEL_FILE + ".data", size_threshold=1024)
-    record["external_data"] = external
+    if record.get("graph", {}).get("writer") == "edgekit.fused" and chosen == raw / MODEL_FILE:
+        # The fused writer already wrote the final layout (model.onnx[.data]): move it, not load + save (2 copies).
+        data = raw / (MODEL_FILE + ".data")
+        record["external_data"] = data.is_file()
+        shutil.move(str(chosen), str(tmp / MODEL_FILE))
+        if data.is_file():
+            shutil.move(str(data), str(tmp / data.name))
+    else:
+        proto = onnx.load(str(chosen))
+        total = sum(len(t.raw_data) for t in proto.graph.initializer)
+        record["external_data"] = total > EXTERNAL_DATA_BYTES
+        onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=record["external_data"],
+                        all_tensors_to_one_file=True, location=MODEL_FILE + ".data", size_threshold=1024)
+        del proto
     for name in SIDE_FILES:
         if (raw / name).is_file():
             shutil.copy2(raw / name, tmp / name)

@@ -83,13 +83,20 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     normed = _keep_last_positions(w, normed)
     lm_head = _np(model.lm_head.weight).T
     w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
-    graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs, w.inits)
+    graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs)  # initializers: below
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(MS, 1)],
                                    producer_name="edgekit")
     onnx.helper.set_model_props(proto, {"edgekit.kv_cache": "shared-buffer"})  # see edgekit.runtime._SharedCache
     total = sum(t.ByteSize() for t in w.inits)
-    onnx.save_model(proto, str(out_file), save_as_external_data=total > 1_500_000_000, all_tensors_to_one_file=True,
-                    location=out_file.name + ".data", size_threshold=1024)
+    if total > 1_500_000_000:
+        proto.graph.initializer.extend(w.inits)
+        w.inits.clear()
+        onnx.save_model(proto, str(out_file), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=out_file.name + ".data", size_threshold=1024)
+    else:  # one copy of the weights at a time, not four (edgekit.export.stream)
+        from edgekit.export import stream
+
+        stream.save(proto, w.inits, out_file)
     log.info("fused writer: %d layers, %d nodes", shape.layers, len(w.nodes))
     return {"writer": "edgekit.fused", "nodes": len(w.nodes), "layers": shape.layers,
             "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions}

@@ -80,35 +80,55 @@ def _compare(pairs: list[tuple[str, np.ndarray, np.ndarray]], top1: bool) -> Par
     )
 
 
-def check_parity(source: SourceModel, model_file: Path, *, model: Any = None, tokenizer: Any = None,
-                 stage: str = "export") -> ParityResult:
-    """Compare `model_file` with the PyTorch source; raise ParityError beyond tolerance."""
-    import torch
+@dataclass(frozen=True)
+class TorchReference:
+    """PyTorch's outputs on the parity inputs, computed once so the model can be freed before any ONNX session."""
 
-    from edgekit.runtime import Decoder, Encoder, make_session
+    task: str
+    ids: np.ndarray
+    outputs: dict[str, np.ndarray]
+    next_ids: np.ndarray | None = None  # generation: the token the decode step feeds (PyTorch's argmax)
+
+
+def torch_reference(source: SourceModel, model: Any = None, tokenizer: Any = None) -> TorchReference:
+    """PyTorch's parity outputs: a prompt pass and one cached decode step (decoders), or the encoder's output."""
+    import torch
 
     model = model if model is not None else source.load_model()
     tokenizer = tokenizer if tokenizer is not None else source.load_tokenizer()
-    session = make_session(model_file)
     ids = np.asarray(tokenizer(PARITY_TEXT)["input_ids"], dtype=np.int64)[None, :]
     with torch.inference_mode():
         if source.task == "text-generation":
             out = model(torch.from_numpy(ids), use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
             step = model(nxt, past_key_values=out.past_key_values, use_cache=True)
-            decoder = Decoder(session)
-            logits, cache = decoder.forward(ids, None, 0)
-            step_logits, _ = decoder.forward(nxt.numpy(), cache, ids.shape[1])
-            pairs = [("logits[prompt]", logits, out.logits.numpy()), ("logits[decode]", step_logits, step.logits.numpy())]
-            result = _compare(pairs, top1=True)
-        else:
-            mask = np.ones_like(ids)
-            kwargs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-            out = model(**kwargs)
-            ref = out.logits if source.task == "text-classification" else out.last_hidden_state
-            got = Encoder(session, "raw").session.run(None, _encoder_feeds(session, ids, mask))[0]
-            name = "logits" if source.task == "text-classification" else "last_hidden_state"
-            result = _compare([(name, got, ref.numpy())], top1=source.task == "text-classification")
+            return TorchReference(source.task, ids, {"logits[prompt]": out.logits.numpy().copy(),
+                                                     "logits[decode]": step.logits.numpy().copy()}, nxt.numpy().copy())
+        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(np.ones_like(ids)))
+        name = "logits" if source.task == "text-classification" else "last_hidden_state"
+        return TorchReference(source.task, ids, {name: getattr(out, name).numpy().copy()})
+
+
+def check_parity(source: SourceModel, model_file: Path, *, model: Any = None, tokenizer: Any = None,
+                 stage: str = "export", reference: TorchReference | None = None) -> ParityResult:
+    """Compare `model_file` with the PyTorch source (or its precomputed `reference`); raise ParityError beyond tolerance."""
+    from edgekit.runtime import Decoder, Encoder, make_session
+
+    ref = reference if reference is not None else torch_reference(source, model, tokenizer)
+    session = make_session(model_file)
+    ids = ref.ids
+    if ref.task == "text-generation" and ref.next_ids is not None:
+        decoder = Decoder(session)
+        logits, cache = decoder.forward(ids, None, 0)
+        step_logits, _ = decoder.forward(ref.next_ids, cache, ids.shape[1])
+        pairs = [("logits[prompt]", logits, ref.outputs["logits[prompt]"]),
+                 ("logits[decode]", step_logits, ref.outputs["logits[decode]"])]
+        result = _compare(pairs, top1=True)
+    else:
+        mask = np.ones_like(ids)
+        got = Encoder(session, "raw").session.run(None, _encoder_feeds(session, ids, mask))[0]
+        name, want = next(iter(ref.outputs.items()))
+        result = _compare([(name, got, want)], top1=ref.task == "text-classification")
     log.info("parity (%s): max abs diff %.3g, top-1 %s", stage, result.max_abs_diff, result.top1_agreement)
     if not result.passed:
         raise ParityError(result.message(stage), hint="re-export with --opset 17 or report the architecture")
