@@ -65,11 +65,14 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`."""
     import onnx
 
+    from edgekit.export import stream
+
     reason = unsupported_reason(model.config.model_type, model.config.to_dict())
     if reason:
         raise UnsupportedError(f"the fused writer does not support {reason}; use --graph optimum")
     shape = _shape(model.config)
     w = _Writer()
+    spool = stream.Spool(out_file.parent)  # tensors go to disk layer by layer, not all held to the end
     _write_inputs(w, shape)
     hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
                     "/model/embed_tokens")
@@ -79,6 +82,7 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     residual, pending = hidden, None
     for i, layer in enumerate(model.model.layers):
         residual, pending = _write_layer(w, layer, i, shape, residual, pending)
+        spool.take(w.inits)
     normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
     normed = _keep_last_positions(w, normed)
     lm_head = _np(model.lm_head.weight).T
@@ -87,16 +91,14 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(MS, 1)],
                                    producer_name="edgekit")
     onnx.helper.set_model_props(proto, {"edgekit.kv_cache": "shared-buffer"})  # see edgekit.runtime._SharedCache
-    total = sum(t.ByteSize() for t in w.inits)
-    if total > 1_500_000_000:
-        proto.graph.initializer.extend(w.inits)
+    total = spool.nbytes + sum(t.ByteSize() for t in w.inits)
+    if total > 1_500_000_000:  # onnx writes external data from a whole ModelProto: read the spool back
+        proto.graph.initializer.extend(spool.read_all() + w.inits)
         w.inits.clear()
         onnx.save_model(proto, str(out_file), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=out_file.name + ".data", size_threshold=1024)
-    else:  # one copy of the weights at a time, not four (edgekit.export.stream)
-        from edgekit.export import stream
-
-        stream.save(proto, w.inits, out_file)
+    else:  # one tensor in memory at a time, not four copies of all (edgekit.export.stream)
+        stream.save(proto, w.inits, out_file, spool)
     log.info("fused writer: %d layers, %d nodes", shape.layers, len(w.nodes))
     return {"writer": "edgekit.fused", "nodes": len(w.nodes), "layers": shape.layers,
             "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions}

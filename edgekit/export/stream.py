@@ -10,6 +10,8 @@ it is serialized and dropped. The file parses to the same ModelProto `onnx.save_
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,21 +31,62 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def save(model: ModelProto, inits: list[TensorProto], path: Path) -> int:
-    """Write `model` (its graph without initializers) plus `inits` to `path`; `inits` is emptied as it goes, so
-    each tensor is freed once written (hold no other reference to keep memory flat). Returns the bytes written."""
+class Spool:
+    """Initializers serialized to a temporary file as a writer makes them, so it holds a layer's tensors at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by save() / read_all()
+        self.sizes: list[int] = []
+
+    def take(self, inits: list[TensorProto]) -> None:
+        """Serialize every tensor of `inits` to the spool and empty the list (the tensors are freed)."""
+        inits.reverse()
+        while inits:
+            data = inits.pop().SerializeToString()
+            self.file.write(data)
+            self.sizes.append(len(data))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes)
+
+    def chunks(self) -> Iterator[bytes]:
+        """Each spooled tensor's serialized bytes, in the order taken; closes the spool at the end."""
+        self.file.seek(0)
+        for size in self.sizes:
+            yield self.file.read(size)
+        self.file.close()
+
+    def read_all(self) -> list[TensorProto]:
+        from onnx import TensorProto
+
+        out = []
+        for data in self.chunks():
+            tensor = TensorProto()
+            tensor.ParseFromString(data)
+            out.append(tensor)
+        return out
+
+
+def save(model: ModelProto, inits: list[TensorProto], path: Path, spool: Spool | None = None) -> int:
+    """Write `model` (its graph without initializers) plus the `spool`'s tensors and then `inits` to `path`; `inits`
+    is emptied as it goes, so each tensor is freed once written (hold no other reference to keep memory flat).
+    Returns the bytes written."""
     from onnx import ModelProto
 
     head = ModelProto()
     head.CopyFrom(model)  # small: the graph holds no initializers yet
     head.ClearField("graph")
     graph = model.graph.SerializeToString()
-    sizes = [t.ByteSize() for t in inits]
+    sizes = (spool.sizes if spool else []) + [t.ByteSize() for t in inits]
     graph_len = len(graph) + sum(len(INITIALIZER_FIELD_TAG) + len(varint(s)) + s for s in sizes)
     written = 0
     with open(path, "wb") as f:
         for chunk in (head.SerializeToString(), GRAPH_FIELD_TAG + varint(graph_len), graph):
             written += f.write(chunk)
+        for data in spool.chunks() if spool else ():
+            written += f.write(INITIALIZER_FIELD_TAG + varint(len(data)))
+            written += f.write(data)
         inits.reverse()  # pop() from the end is O(1); reversed once so the file keeps the writer's order
         while inits:
             tensor = inits.pop()

@@ -48,3 +48,17 @@ def test_streamed_model_equals_the_saved_one(tmp_path: Path) -> None:
 def test_varint() -> None:
     assert [stream.varint(n) for n in (0, 1, 127, 128, 300, 16384)] == [
         b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\x80\x80\x01"]
+
+
+def test_spooled_tensors_come_first_in_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    model, inits = _model(rng)
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model)
+    whole.graph.initializer.extend(inits)
+    spool = stream.Spool(tmp_path)
+    first, rest = inits[:2], inits[2:]
+    spool.take(first)
+    assert first == [] and spool.nbytes == sum(t.ByteSize() for t in whole.graph.initializer[:2])
+    stream.save(model, rest, tmp_path / "s.onnx", spool)
+    assert onnx.load(str(tmp_path / "s.onnx")) == whole
