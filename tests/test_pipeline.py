@@ -66,8 +66,9 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     assert all(s["ok"] and s["seconds"] >= 0 and s["peak_rss_mb"] > 0 for s in record["stages"])
     memory = record["memory"]  # the build's peak (the largest stage peak) beside the source's fp32 weights
     assert memory["peak_rss_mb"] == max(s["peak_rss_mb"] for s in record["stages"]) and memory["scope"] == "per stage"
-    assert memory["fp32_weights_mb"] == round(manifest["source"]["parameters"] * 4 / 2**20, 1)
-    assert memory["ratio_to_fp32_weights"] == pytest.approx(memory["peak_rss_mb"] / memory["fp32_weights_mb"], rel=1e-2)
+    fp32_mb = manifest["source"]["parameters"] * 4 / 2**20
+    assert memory["fp32_weights_mb"] == round(fp32_mb, 1)
+    assert memory["ratio_to_fp32_weights"] == pytest.approx(memory["peak_rss_mb"] / fp32_mb, rel=1e-3)
     assert json.loads((out / "report.json").read_text())["gate"]["passed"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.tar.gz"]  # work dirs removed
     assert run_cli("verify", str(out)).returncode == 0
