@@ -6,7 +6,6 @@ optimizes it for the target; every graph that ships has passed `parity.check_par
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
@@ -20,7 +19,7 @@ from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
 from edgekit.errors import EdgekitError, ExportError, InputError, ParityError, UnsupportedError
 from edgekit.source import SourceModel
 from edgekit.specs import Target
-from edgekit.util import atomic_dir, peak_rss_mb
+from edgekit.util import atomic_dir, peak_rss_mb, release_memory
 
 if TYPE_CHECKING:
     from edgekit.export.parity import ParityResult, TorchReference
@@ -63,7 +62,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
             if writer == "fused":
                 record["graph"] = _fused_export(source, model, raw, opset or target.export.opset)
             model = None  # parity needs only the reference outputs; optimum loads a copy of its own
-            gc.collect()
+            release_memory()  # and give its heap back before a session of the same size is created
             if writer != "fused":
                 _optimum_export(source, raw, opset or target.export.opset)
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
