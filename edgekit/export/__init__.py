@@ -55,16 +55,17 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
         t0 = time.perf_counter()
-        model = source.load_model() if parity or writer == "fused" else None
-        # PyTorch's parity outputs first, so no ONNX session ever shares the process with the PyTorch model.
-        reference = _torch_reference(source, model) if parity else None
+        # PyTorch's parity outputs are computed while the model is loaded anyway (the fused writer reads it; optimum
+        # loads a copy of its own, so that path loads ours after it), and the model is freed before any ONNX session.
+        model = source.load_model() if writer == "fused" else None
         with progress.stage(f"export: onnx graph ({writer})"):
             if writer == "fused":
                 record["graph"] = _fused_export(source, model, raw, opset or target.export.opset)
-            model = None  # parity needs only the reference outputs; optimum loads a copy of its own
-            release_memory()  # and give its heap back before a session of the same size is created
-            if writer != "fused":
+            else:
                 _optimum_export(source, raw, opset or target.export.opset)
+        reference = _torch_reference(source, model) if parity else None
+        model = None
+        release_memory()  # give its heap back before a session of the same size is created
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
         chosen = raw / MODEL_FILE
         if parity:
