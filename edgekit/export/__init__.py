@@ -55,17 +55,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
         t0 = time.perf_counter()
-        # PyTorch's parity outputs are computed while the model is loaded anyway (the fused writer reads it; optimum
-        # loads a copy of its own, so that path loads ours after it), and the model is freed before any ONNX session.
-        model = source.load_model() if writer == "fused" else None
-        with progress.stage(f"export: onnx graph ({writer})"):
-            if writer == "fused":
-                record["graph"] = _fused_export(source, model, raw, opset or target.export.opset)
-            else:
-                _optimum_export(source, raw, opset or target.export.opset)
-        reference = _torch_reference(source, model) if parity else None
-        model = None
-        release_memory()  # give its heap back before a session of the same size is created
+        reference = _write_graph(source, writer, raw, opset or target.export.opset, record, parity=parity)
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
         chosen = raw / MODEL_FILE
         if parity:
@@ -97,6 +87,24 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
         record["peak_rss_mb"] = round(peak_rss_mb(), 1)
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
     return OnnxArtifact.load(out)
+
+
+def _write_graph(source: SourceModel, writer: str, raw: Path, opset: int, record: dict[str, Any], *,
+                 parity: bool) -> TorchReference | None:
+    """The raw graph into `raw`, and PyTorch's parity outputs (None without parity).
+
+    They are computed while the model is loaded anyway (the fused writer reads it; optimum loads a copy of its own,
+    so that path loads ours after it), and the model is freed before any ONNX session opens."""
+    model = source.load_model() if writer == "fused" else None
+    with progress.stage(f"export: onnx graph ({writer})"):
+        if writer == "fused":
+            record["graph"] = _fused_export(source, model, raw, opset)
+        else:
+            _optimum_export(source, raw, opset)
+    reference = _torch_reference(source, model) if parity else None
+    del model
+    release_memory()  # give its heap back before a session of the same size is created
+    return reference
 
 
 def _torch_reference(source: SourceModel, model: Any) -> TorchReference:
