@@ -156,16 +156,14 @@ def bench_quality(variant: OnnxArtifact, source: SourceModel, profile: Profile, 
             "eval": {"tokens": eval_tokens, "data": str(eval_data) if eval_data else "builtin:eval"}}
 
 
-def bench_performance(variant: OnnxArtifact, source: SourceModel, profile: Profile, quality: dict[str, Any], *,
-                      eval_data: Path | None = None, on_device: bool = False,
-                      max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
-    """The timed half: latency of variant and source interleaved on this host, then the report with `quality`."""
+def host_latency(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_data: Path | None = None,
+                 max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
+    """Latency of variant and source, interleaved on this host, for the profile's workload and threads (nothing
+    else of the profile: fit reuses it for profiles that share both)."""
     from edgekit.bench.hostinfo import host_info
 
-    warnings: list[str] = list(quality["warnings"])
-    host = host_info()
-    providers = _providers(variant, profile, host["providers"], [])
-    src_block, src_size, params = _source_block(source)
+    warnings: list[str] = []
+    providers = _providers(variant, profile, host_info()["providers"], [])
     threads = min(profile.workload.threads, os.cpu_count() or 1)
     if threads < profile.workload.threads:
         # More threads than cores only measures contention; the device estimate scales to the device's cores.
@@ -174,7 +172,25 @@ def bench_performance(variant: OnnxArtifact, source: SourceModel, profile: Profi
             **_workload_spec(source, profile, eval_data, warnings)}
     measured = _measure({"variant": {**spec, "engine": "onnx", "model_file": str(variant.model_file), "providers": providers},
                          "source": {**spec, "engine": "torch", "source": str(source.path)}}, max_time_s)
-    var, src = measured["variant"], measured["source"]
+    return {"measured": measured, "threads": threads, "providers": providers, "warnings": warnings}
+
+
+def bench_performance(variant: OnnxArtifact, source: SourceModel, profile: Profile, quality: dict[str, Any], *,
+                      eval_data: Path | None = None, on_device: bool = False, max_time_s: float = DEFAULT_MAX_TIME_S,
+                      latency: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The timed half (`host_latency`, unless given), the device estimate, and the report with `quality`."""
+    import copy
+
+    from edgekit.bench.hostinfo import host_info
+
+    host = host_info()
+    if latency is None:
+        latency = host_latency(variant, source, profile, eval_data=eval_data, max_time_s=max_time_s)
+    latency = copy.deepcopy(latency)  # the report's blocks are its own, even when two reports share a measurement
+    warnings: list[str] = [*quality["warnings"], *latency["warnings"]]
+    providers, threads = latency["providers"], latency["threads"]
+    src_block, src_size, params = _source_block(source)
+    var, src = latency["measured"]["variant"], latency["measured"]["source"]
     if var.get("torch_imported"):
         warnings.append("torch was loaded in the ONNX measurement process; its peak RSS includes torch")
     var["metrics"]["model_size_mb"] = single(variant.size_mb, "MB")

@@ -65,12 +65,14 @@ class Outcome:
     quality: dict[str, Any] | None = None
     worker: dict[str, Any] | None = None
     latency_seconds: float = 0.0  # on the driver
+    latency_profile: str = ""  # the profile whose host measurement this is (shared by equal workloads)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.candidate.label, "method": self.candidate.method, "options": dict(self.candidate.options),
                 "status": self.status, "reason": self.reason, "estimate": self.estimate, "figures": self.figures,
                 "failed_rules": self.failed_rules, "pareto": self.pareto, "seconds": round(self.seconds, 1),
-                "latency_seconds": round(self.latency_seconds, 1), "fidelity_worker": self.worker}
+                "latency_seconds": round(self.latency_seconds, 1), "latency_measured_for": self.latency_profile or None,
+                "fidelity_worker": self.worker}
 
 
 def candidate_space(target: Target, methods: list[str] | None = None) -> list[Candidate]:

@@ -129,7 +129,10 @@ class RayPool:
         if not ray.is_initialized():
             t0 = time.monotonic()
             if self.address:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+                try:
+                    ray.init(address=self.address, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise InputError(f"--address {self.address}: cannot join the Ray cluster ({exc})") from exc
             else:
                 ray.init(num_cpus=self.requested, include_dashboard=False, log_to_driver=False,
                          object_store_memory=RAY_OBJECT_STORE_BYTES)

@@ -131,8 +131,9 @@ def _finish(plans: list[Plan], source: Any, sanity: dict[str, Any], out: Path, w
     context["latency_host"] = latency_host()
     context["profiles"] = [p.profile.name for p in plans]
     results = []
+    timed: dict[tuple[str, ...], Any] = {}
     for plan in plans:
-        measure_latency(plan, source, evalopts)
+        measure_latency(plan, source, evalopts, timed)
         mark_pareto(plan.outcomes)
         chosen = choose(plan.outcomes)
         nearest = None if chosen else nearest_miss(plan.outcomes)

@@ -114,8 +114,16 @@ def _round(todo: list[Candidate], shared: Shared) -> None:
                     (folder, quality), worker, seconds = fut.result()
                     shared.results[c.label] = ("ok", QualityRun(Path(folder), quality, worker, seconds))
                 except (EdgekitError, Exception) as exc:  # one broken candidate (or worker) must not end the search
-                    shared.results[c.label] = ("failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                    shared.results[c.label] = ("failed", _describe(exc))
                 st.advance(info=c.label)
+
+
+def _describe(exc: BaseException) -> str:
+    # Ray wraps a task's exception (RayTaskError, with the remote traceback as its text): say what the task raised.
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def _apply(plans: list[Plan], done: list[Candidate], shared: Shared) -> None:
@@ -137,24 +145,33 @@ def _apply(plans: list[Plan], done: list[Candidate], shared: Shared) -> None:
             o.status = "benched"
 
 
-def measure_latency(plan: Plan, source: SourceModel, opts: EvalOptions) -> None:
-    """Latency of every candidate with fidelity figures, one at a time on this host; then figures and gate."""
+def measure_latency(plan: Plan, source: SourceModel, opts: EvalOptions, timed: dict[tuple[str, ...], Any]) -> None:
+    """Latency of every candidate with fidelity figures, one at a time on this host; then figures and gate.
+
+    `timed` carries host measurements between the plans of one fit: a profile with the same variant, workload and
+    threads as one already timed reuses that measurement (timing it again would only add a noisier sample)."""
     from edgekit import progress
     from edgekit.artifact import OnnxArtifact
-    from edgekit.bench.core import bench_performance
+    from edgekit.bench.core import bench_performance, host_latency
     from edgekit.gate import gate
 
     todo = [o for o in plan.outcomes if o.status == "benched"]
-    keys = ("eval_data", "on_device", "max_time_s")
+    args = {k: v for k, v in opts.bench.items() if k in ("eval_data", "max_time_s")}
+    on_device = bool(opts.bench.get("on_device", False))
     with progress.stage(f"fit: latency ({plan.profile.name})", total=len(todo)) as st:
         for o in todo:
             assert o.folder is not None and o.quality is not None
             t0 = time.monotonic()
+            key = (str(o.folder), plan.profile.workload.model_dump_json())
             try:
-                report = bench_performance(OnnxArtifact.load(o.folder), source, plan.profile, o.quality,
-                                           **{k: v for k, v in opts.bench.items() if k in keys})
+                variant = OnnxArtifact.load(o.folder)
+                if key not in timed:
+                    timed[key] = (host_latency(variant, source, plan.profile, **args), plan.profile.name)
+                latency, o.latency_profile = timed[key]
+                report = bench_performance(variant, source, plan.profile, o.quality, on_device=on_device,
+                                           latency=latency, **args)
             except (EdgekitError, Exception) as exc:
-                o.status, o.reason = "failed", f"latency: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                o.status, o.reason = "failed", f"latency: {_describe(exc)}"
                 st.advance(info=o.candidate.label)
                 continue
             o.latency_seconds = time.monotonic() - t0

@@ -96,8 +96,33 @@ def test_fit_on_ray_matches_the_local_run(ray_cluster, tiny_model, tmp_path: Pat
     assert ray["shared_with"] == ["local-twin"] and twin_json["shared_with"] == ["local"]
     for a, b in zip(ray["candidates"], twin_json["candidates"], strict=True):
         assert a["fidelity_worker"] == b["fidelity_worker"] and a["seconds"] == b["seconds"]
+        # Same workload on the same host: the twin reuses local's latency measurement instead of timing again.
+        if a["status"] in ("chosen", "passed", "rejected"):
+            assert a["latency_measured_for"] == b["latency_measured_for"] == "local"
+            assert a["figures"]["decode_tokens_per_s"] == b["figures"]["decode_tokens_per_s"]
     summary = json.loads((tmp_path / "ray" / "fit-summary.json").read_text())
     assert [r["profile"] for r in summary["results"]] == ["local", "local-twin"]
+
+
+def test_a_candidate_failing_on_a_ray_worker_is_recorded(ray_cluster, tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from edgekit.bench.sourceref import SourceOutputs
+    from edgekit.catalog import load_profile, load_target
+    from edgekit.fit import Candidate, EvalOptions, Outcome
+    from edgekit.fit.executors import ExecutorSpec, open_executor
+    from edgekit.fit.search import Plan, Shared, search
+
+    profile = load_profile("local")
+    cands = [Candidate("int8-weight"), Candidate("int4-rtn", (("block_size", 32),))]
+    plan = Plan(profile, [Outcome(c, {"size_mb": 1.0, "decode_tokens_per_s": None}) for c in cands])
+    missing = tmp_path / "no-export"  # every task fails on its worker: there is nothing to compress
+    with open_executor(ExecutorSpec("ray", 2)) as pool:
+        shared = Shared(pool, missing, load_source(str(tiny_model("llama"))), profile, load_target(profile.target),
+                        tmp_path / "work", float("inf"), EvalOptions(), SourceOutputs(tmp_path, {}), 12)
+        search([plan], shared)
+    # Both were tried (the first failure did not end the search); the reason is the task's own error, not Ray's.
+    assert [o.status for o in plan.outcomes] == ["failed", "failed"]
+    assert all(o.reason and "RayTaskError" not in o.reason and "no-export" in o.reason for o in plan.outcomes), \
+        [o.reason for o in plan.outcomes]
 
 
 def test_executor_ray_without_ray_is_exit_2(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
