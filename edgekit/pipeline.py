@@ -241,8 +241,10 @@ def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: B
 def _bench_and_evidence(variant: OnnxArtifact, source: SourceModel, profile: Profile, target: Target, opts: BuildOptions,
                         work: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """bench, then the reference data the bundle carries, then (arm64 targets) the emulated target-ISA check."""
+    from edgekit.bench.core import DEFAULT_DECODE_PROMPTS
+
     report = _bench(variant, source, profile, opts)
-    files = _reference_files(source, report, work)
+    files = _reference_files(source, report, work, int(opts.bench.get("decode_prompts", DEFAULT_DECODE_PROMPTS)))
     if files and target.arch == "arm64":
         from edgekit.device.emulate import build_check
 
@@ -250,14 +252,20 @@ def _bench_and_evidence(variant: OnnxArtifact, source: SourceModel, profile: Pro
     return report, files
 
 
-def _reference_files(source: SourceModel, report: dict[str, Any], work: Path) -> dict[str, Path]:
-    """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used."""
+def _reference_files(source: SourceModel, report: dict[str, Any], work: Path, decode_prompts: int) -> dict[str, Path]:
+    """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used, from the
+    source outputs the bench cached (the same settings: a cache hit, the source does not run again)."""
     from edgekit.bench.core import DEFAULT_EVAL_TOKENS
+    from edgekit.bench.sourceref import source_outputs
     from edgekit.bundle.reference_build import write_reference
 
+    if source.task != "text-generation":
+        return {}
     ev = report.get("eval") or {}
     data = None if ev.get("data") in (None, "builtin:eval") else Path(str(ev["data"]))
-    path = write_reference(source, data, int(ev.get("tokens") or DEFAULT_EVAL_TOKENS), work / "reference.npz")
+    tokens = int(ev.get("tokens") or DEFAULT_EVAL_TOKENS)
+    outputs = source_outputs(source, data, tokens, decode_prompts)
+    path = write_reference(source, data, tokens, work / "reference.npz", outputs=outputs)
     return {"reference.npz": path} if path else {}
 
 
