@@ -57,6 +57,7 @@ class BuildOptions:
     command: str = ""
     bench: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
+    rotate: str | None = None  # export's rotation mode (None: the target's); edgekit.export.rotation
 
 
 @dataclass
@@ -221,7 +222,8 @@ def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Tar
         spec = DistillSpec(**opts.distill)
         model_source = stages.call("distill", lambda: distill(source, spec, work / "student"))
         extra["distill"] = {"student": model_source.fingerprint, "teacher": source.fingerprint}
-    exported = stages.call("export", lambda: export(model_source, target, work / "export"))
+    exported = stages.call("export", lambda: export(model_source, target, work / "export",
+                                                             rotate=opts.rotate))
     quant = opts.then if method == "distill" else method
     if quant in (None, "fp32"):
         return exported, model_source, extra

@@ -18,7 +18,7 @@ from edgekit import __version__, progress
 from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
 from edgekit.errors import EdgekitError, ExportError, InputError, ParityError, UnsupportedError
 from edgekit.source import SourceModel
-from edgekit.specs import Target
+from edgekit.specs import RotateSettings, Target
 from edgekit.util import atomic_dir, peak_rss_mb
 
 if TYPE_CHECKING:
@@ -36,21 +36,32 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
 def export(source: SourceModel, target: Target, out: Path | str, *, opset: int | None = None,
-           parity: bool = True, graph: str | None = None) -> OnnxArtifact:
+           parity: bool = True, graph: str | None = None, rotate: RotateSettings | str | None = None) -> OnnxArtifact:
     """Export `source` to an ONNX folder at `out` (written atomically) and return it.
 
     `graph` picks the writer: "fused" (edgekit.fused: GroupQueryAttention graph for Llama-family decoders),
     "optimum" (traced by optimum-onnx), or "auto" (fused where supported); default: the target's.
+    `rotate` (settings, or a mode name over the target's settings) rotates the fused graph: edgekit.export.rotation.
     """
     out = Path(out)
+    rot = rotate_settings(target, rotate)
+    if rotate is None and rot.mode != "off" and (source.format == "onnx" or not _fused_possible(source, graph, target)):
+        log.info("the target's rotation (%s) needs the fused writer: not applied to %s", rot.mode, source.spec)
+        rot = RotateSettings()
+    if rot.mode != "off" and source.format == "onnx":
+        raise UnsupportedError("--rotate needs the fused writer, which cannot rewrite an ONNX source; use --rotate off")
     if source.format == "onnx":
         return _adopt_onnx(source, target, out)
     if source.task not in OPTIMUM_TASKS:
         raise UnsupportedError(f"task '{source.task}' cannot be exported (supported: {', '.join(OPTIMUM_TASKS)})")
     writer = choose_writer(source, graph or target.export.graph)
+    if rot.mode != "off" and writer != "fused":
+        raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2 decoders), not the {writer} "
+                               "graph; use --rotate off")
     record: dict[str, Any] = {
         "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
         "source": source.fingerprint, "timings_s": {}, "versions": versions(), "graph": {"writer": writer},
+        "rotation": {"mode": "off"},
     }
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
@@ -59,7 +70,8 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
         tokenizer = source.load_tokenizer() if parity else None
         with progress.stage(f"export: onnx graph ({writer})"):
             if writer == "fused":
-                record["graph"] = _fused_export(source, model, raw, opset or target.export.opset)
+                record["graph"] = _fused_export(source, model, raw, opset or target.export.opset, rot)
+                record["rotation"] = record["graph"].get("rotation", record["rotation"])
             else:
                 _optimum_export(source, raw, opset or target.export.opset)
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
@@ -118,11 +130,31 @@ def choose_writer(source: SourceModel, wanted: str) -> str:
     return "optimum"
 
 
-def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int) -> dict[str, Any]:
+def _fused_possible(source: SourceModel, graph: str | None, target: Target) -> bool:
+    try:
+        return source.task in OPTIMUM_TASKS and choose_writer(source, graph or target.export.graph) == "fused"
+    except UnsupportedError:
+        return False
+
+
+def rotate_settings(target: Target, rotate: RotateSettings | str | None) -> RotateSettings:
+    """The rotation to apply: explicit settings, a mode name over the target's settings, or the target's."""
+    if isinstance(rotate, RotateSettings):
+        return rotate
+    base = target.export.rotate
+    if rotate is None:
+        return base
+    try:
+        return RotateSettings(**{**base.model_dump(), "mode": rotate})
+    except ValueError as exc:
+        raise InputError(f"--rotate {rotate!r}: expected off, residual, heads or full") from exc
+
+
+def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int, rot: RotateSettings) -> dict[str, Any]:
     from edgekit.export import fused
 
     raw.mkdir(parents=True)
-    info = fused.write(model, raw / MODEL_FILE, opset=opset)
+    info = fused.write(model, raw / MODEL_FILE, opset=opset, rotate=rot)
     for name in SIDE_FILES:
         if (source.path / name).is_file():
             shutil.copy2(source.path / name, raw / name)
