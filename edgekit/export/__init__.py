@@ -40,29 +40,19 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     """Export `source` to an ONNX folder at `out` (written atomically) and return it.
 
     `graph` picks the writer: "fused" (edgekit.fused: GroupQueryAttention graph for Llama-family decoders),
-    "optimum" (traced by optimum-onnx), or "auto" (fused where supported); default: the target's.
-    `rotate` (settings, or a mode name over the target's settings) rotates the fused graph: edgekit.export.rotation.
-    """
+    "optimum" (traced by optimum-onnx), or "auto" (fused where supported); default: the target's. `rotate`: settings
+    or a mode over the target's (edgekit.export.rotation)."""
     out = Path(out)
-    rot = rotate_settings(target, rotate)
-    if rotate is None and rot.mode != "off" and (source.format == "onnx" or not _fused_possible(source, graph, target)):
-        log.info("the target's rotation (%s) needs the fused writer: not applied to %s", rot.mode, source.spec)
-        rot = RotateSettings()
-    if rot.mode != "off" and source.format == "onnx":
-        raise UnsupportedError("--rotate needs the fused writer, which cannot rewrite an ONNX source; use --rotate off")
+    rot = _rotation_for(source, target, graph, rotate)
     if source.format == "onnx":
         return _adopt_onnx(source, target, out)
     if source.task not in OPTIMUM_TASKS:
         raise UnsupportedError(f"task '{source.task}' cannot be exported (supported: {', '.join(OPTIMUM_TASKS)})")
     writer = choose_writer(source, graph or target.export.graph)
-    if rot.mode != "off" and writer != "fused":
-        raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2 decoders), not the {writer} "
-                               "graph; use --rotate off")
     record: dict[str, Any] = {
         "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
         "source": source.fingerprint, "timings_s": {}, "versions": versions(), "graph": {"writer": writer},
-        "rotation": {"mode": "off"},
-    }
+        "rotation": {"mode": "off"}}
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
         t0 = time.perf_counter()
@@ -130,11 +120,25 @@ def choose_writer(source: SourceModel, wanted: str) -> str:
     return "optimum"
 
 
-def _fused_possible(source: SourceModel, graph: str | None, target: Target) -> bool:
+def _rotation_for(source: SourceModel, target: Target, graph: str | None,
+                  rotate: RotateSettings | str | None) -> RotateSettings:
+    """The rotation this export applies. Asked for explicitly where the fused writer cannot write: UnsupportedError;
+    a target's default rotation is skipped there (a target serves encoders and traced graphs too)."""
+    rot = rotate_settings(target, rotate)
+    if rot.mode == "off":
+        return rot
     try:
-        return source.task in OPTIMUM_TASKS and choose_writer(source, graph or target.export.graph) == "fused"
+        fused = source.format != "onnx" and source.task in OPTIMUM_TASKS and \
+            choose_writer(source, graph or target.export.graph) == "fused"
     except UnsupportedError:
-        return False
+        fused = False
+    if fused:
+        return rot
+    if rotate is None:
+        log.info("the target's rotation (%s) needs the fused writer: not applied to %s", rot.mode, source.spec)
+        return RotateSettings()
+    raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2 decoders from PyTorch), which "
+                           f"does not write {source.spec}; use --rotate off")
 
 
 def rotate_settings(target: Target, rotate: RotateSettings | str | None) -> RotateSettings:
