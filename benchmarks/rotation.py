@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/rotation.py -o /tmp/rotation \
         [--configs off,residual,full-b32] [--methods int8-weight,int4-rtn] [--eval-tokens 2048] [--rounds 3]
+    .venv/bin/python benchmarks/rotation.py -o /tmp/rotation --table     # the markdown table of what was measured
 
 Fidelity: the bench's default eval (edgekit.bench.fidelity.eval_windows, built-in eval text, DEFAULT_EVAL_TOKENS),
 PyTorch fp32 logits computed once, 95 % intervals resampling whole windows. Decode: 1 thread, a 32-token prompt and
@@ -35,6 +36,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "full-b64": {"mode": "full", "block": 64},
     "full-b128": {"mode": "full", "block": 128},
     "full-orth-b32": {"mode": "full", "basis": "orthogonal", "block": 32},
+    "full-all": {"mode": "full", "block": 0},  # all 1,536 down_proj inputs mixed (Paley 48 ⊗ Sylvester 32)
+}
+# method name here → (edgekit method, overrides); acc0 = float activations (the floor the int8 activations add to)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "int8-weight": ("int8-weight", {}),
+    "int8-weight-acc0": ("int8-weight", {"accuracy_level": 0}),
+    "int8-weight-fphead": ("int8-weight", {"lm_head_bits": 0}),  # diagnostic: the lm_head's share
+    "int4-rtn": ("int4-rtn", {}),
+    "int4-hqq": ("int4-hqq", {}),
 }
 
 
@@ -78,6 +88,41 @@ def build(args: argparse.Namespace, name: str, source: Any, model: Any, target: 
     return out
 
 
+def paired_delta(out: Path, key: str, base: str, window: np.ndarray, samples: int = 1000) -> tuple[float, float, float]:
+    """KLD(variant) - KLD(base) on the same positions, with a 95 % interval resampling whole windows."""
+    a, b = (np.load(out / f"{k.replace(' / ', '-')}.npz")["kld"] for k in (key, base))
+    d = a - b
+    ids = np.unique(window)
+    sums = np.asarray([d[window == i].sum() for i in ids])
+    counts = np.asarray([(window == i).sum() for i in ids])
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(ids), size=(samples, len(ids)))
+    boot = sums[pick].sum(1) / counts[pick].sum(1)
+    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def table(out: Path, eval_tokens: int | None) -> str:
+    """Markdown: method × rotation → KLD, paired ΔKLD vs no rotation, top-1, decode tok/s (from results.json)."""
+    from edgekit.bench.core import DEFAULT_EVAL_TOKENS
+    from edgekit.bench.fidelity import eval_windows
+    from edgekit.source import load_source
+
+    source = load_source(SOURCE)
+    wins = eval_windows(source.load_tokenizer(), source.config, None, eval_tokens or DEFAULT_EVAL_TOKENS)
+    window = np.concatenate([np.full(len(w) - 1, i) for i, (_, w) in enumerate(wins)])
+    results = json.loads((out / "results.json").read_text())
+    lines = ["| method | rotation | KLD [95 % CI] | ΔKLD vs none, paired [95 % CI] | top-1 [95 % CI] | decode tok/s "
+             "(median of rounds) |", "|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        f, base = r["fidelity"], f"{r['method']} / off"
+        k, t = f["kld_mean"], f["top1_agreement"]
+        delta = "—" if key == base else "{:+.5f} [{:+.5f}, {:+.5f}]".format(*paired_delta(out, key, base, window))
+        lines.append(f"| {r['method']} | {r['config']} | {k['value']:.5f} [{k['ci95_low']:.5f}, {k['ci95_high']:.5f}] "
+                     f"| {delta} | {t['value']:.4f} [{t['ci95_low']:.3f}, {t['ci95_high']:.3f}] "
+                     f"| {r.get('decode_tok_s', '—')} {r.get('decode_rounds', '')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--out", type=Path, default=Path("/tmp/rotation"))
@@ -85,9 +130,14 @@ def main() -> None:
     ap.add_argument("--methods", default="int8-weight,int4-rtn")
     ap.add_argument("--eval-tokens", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-speed", action="store_true", help="Fidelity only (e.g. for the float-activation floor).")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table", action="store_true", help="Only print the markdown table of OUT/results.json.")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.out, args.eval_tokens))
+        return
 
     import torch
 
@@ -116,7 +166,8 @@ def main() -> None:
             key = f"{method} / {name}"
             folder = args.out / f"{method}-{name}"
             if not (folder / "compress.json").is_file():
-                compress(exported, method, target, folder, calibration_samples=2, checks_enabled=False)
+                real, overrides = METHODS[method]
+                compress(exported, real, target, folder, calibration_samples=2, checks_enabled=False, **overrides)
             variants[key] = folder
             if key not in results:
                 row = fidelity(OnnxArtifact.load(folder).session(), wins, refs, args.out / f"{method}-{name}.npz")
@@ -127,6 +178,8 @@ def main() -> None:
             fid = results[key]["fidelity"]
             print(f"{key:32s} kld {fid['kld_mean']['value']:.5f} top1 {fid['top1_agreement']['value']:.4f} "
                   f"(fp32 parity top-1 {parity['top1_agreement']}) {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.no_speed:
+        return
     prompt = wins[0][1][:32]
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):

@@ -53,14 +53,15 @@ class RotateSettings(Spec):
     mode: RotateMode = "off"
     # Randomized Hadamard where one of order `hidden` is constructible, else random orthogonal (recorded).
     basis: Literal["hadamard", "orthogonal"] = "hadamard"
-    # Online Hadamard block before down_proj: the activation quantization block (MatMulNBits' block_size).
-    block: Annotated[int, Field(ge=2, le=4096)] = 32
+    # Online Hadamard block before down_proj (MatMulNBits quantizes activations in blocks of its block_size);
+    # 0 = all channels (Paley ⊗ Sylvester factors).
+    block: Annotated[int, Field(ge=0, le=4096)] = 32
     seed: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _power_of_two(self) -> RotateSettings:
         if self.block & (self.block - 1):
-            raise ValueError(f"rotate block must be a power of two, got {self.block}")
+            raise ValueError(f"rotate block must be a power of two (or 0: all channels), got {self.block}")
         return self
 
 

@@ -201,7 +201,7 @@ def _write_layer(w: _Writer, layer: Any, i: int, s: Shape, residual: str, pendin
     act = w.node("Mul", [gate, w.node("Sigmoid", [gate], f"{p}/mlp/act/Sigmoid")], f"{p}/mlp/act/Mul")
     down_in = w.node("Mul", [act, up], f"{p}/mlp/Mul")
     if w.down_hadamard is not None:
-        down_in = w.block_hadamard(down_in, w.down_hadamard, f"{p}/mlp/rotate/hadamard")
+        down_in = w.block_hadamard(down_in, *w.down_hadamard, f"{p}/mlp/rotate/hadamard")
     down = w.linear(down_in, _np(mlp.down_proj.weight).T, _bias(mlp.down_proj), f"{p}/mlp/down_proj")
     return residual, down
 
@@ -218,7 +218,8 @@ class _Writer:
         self.inits: list[Any] = []
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
-        self.down_hadamard: np.ndarray | None = None  # [B, B]: online before down_proj (edgekit.export.rotation)
+        # (left [m, m] or None, right [B, B]): online before down_proj (edgekit.export.rotation)
+        self.down_hadamard: tuple[np.ndarray | None, np.ndarray] | None = None
 
     def init_named(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -257,11 +258,13 @@ class _Writer:
                                            name=name, domain=MS, epsilon=eps))
         return normed, summed
 
-    def block_hadamard(self, x: str, h: np.ndarray, name: str) -> str:
-        """x [batch, seq, n·B] → every B-block times h (a float MatMul of B columns, not a full n·B one)."""
-        b = h.shape[0]
+    def block_hadamard(self, x: str, left: np.ndarray | None, right: np.ndarray, name: str) -> str:
+        """x [batch, seq, m·B] as [.., m, B] → (left ·) x · right: float MatMuls of B (and m) columns, not m·B."""
+        b = right.shape[0]
         blocks = self.node("Reshape", [x, self.const(f"blocks{b}", np.asarray([0, 0, -1, b], dtype=np.int64))],
                            f"{name}/Reshape")
-        mixed = self.node("MatMul", [blocks, self.init(f"{name}.weight", h)], f"{name}/MatMul")
+        mixed = self.node("MatMul", [blocks, self.init(f"{name}.weight", right)], f"{name}/MatMul")
+        if left is not None:
+            mixed = self.node("MatMul", [self.init(f"{name}.left", left), mixed], f"{name}/MatMulLeft")
         return self.node("Reshape", [mixed, self.const("flat3", np.asarray([0, 0, -1], dtype=np.int64))],
                          f"{name}/Flatten")

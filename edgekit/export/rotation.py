@@ -42,7 +42,8 @@ ROTATE_MARK = "/rotate/"
 class Plan:
     """What the writer must add to the graph for a rotated model, and what export.json records."""
 
-    down_hadamard: np.ndarray | None  # [B, B] online before down_proj, or None
+    # Online before down_proj: (left [m, m] or None, right [B, B]); x [.., m, B] → left · x · right
+    down_hadamard: tuple[np.ndarray | None, np.ndarray] | None
     head_matrix: np.ndarray | None  # [hidden, hidden] before the lm_head (tied models), or None
     info: dict[str, Any]
 
@@ -87,6 +88,33 @@ def hadamard(n: int) -> np.ndarray | None:
     return None
 
 
+def kron_factors(n: int) -> tuple[int, int] | None:
+    """(m, k), n = m·k, k a power of two and m one too or a Paley order, smallest m + k (the online cost is n·(m + k))."""
+    best = None
+    k = 1
+    while n % k == 0 and k <= n:
+        m = n // k
+        if m >= 2 and (not m & (m - 1) or (_is_prime(m - 1) and (m - 1) % 4 == 3)) and (best is None or m + k < sum(best)):
+            best = (m, k)
+        k *= 2
+    return best
+
+
+def online_hadamard(n: int, block: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(left, right, K): block > 0: blockdiag of H_block (left None); 0: all n channels mixed as left ⊗ right.
+    K [n, n] is the whole transform on a row vector (down_proj's weight takes it offline)."""
+    if block:
+        right = sylvester(block) / np.sqrt(block)
+        return None, right, np.kron(np.eye(n // block), right)
+    factors = kron_factors(n)
+    if factors is None:
+        raise UnsupportedError(f"--rotate full: no Hadamard of order {n} is built here; set a block size")
+    m, k = factors
+    left = (sylvester(m) if not m & (m - 1) else paley(m)) / np.sqrt(m)
+    right = sylvester(k) / np.sqrt(k)
+    return left, right, np.kron(left.T, right)
+
+
 def residual_rotation(n: int, basis: str, seed: int) -> tuple[np.ndarray, str]:
     """Orthogonal [n, n] Q and the basis actually used ("hadamard" falls back to "orthogonal" when none exists)."""
     rng = np.random.default_rng(seed)
@@ -106,7 +134,7 @@ def check(model: Any, settings: RotateSettings) -> None:
     if settings.mode in ("heads", "full") and head_dim & (head_dim - 1):
         raise UnsupportedError(f"--rotate {settings.mode} needs a power-of-two head_dim, got {head_dim}; "
                                "use --rotate residual")
-    if settings.mode == "full" and int(cfg.intermediate_size) % settings.block:
+    if settings.mode == "full" and settings.block and int(cfg.intermediate_size) % settings.block:
         raise UnsupportedError(f"--rotate full: intermediate size {cfg.intermediate_size} is not a multiple of "
                                f"the Hadamard block {settings.block}")
 
@@ -125,7 +153,8 @@ def apply(model: Any, settings: RotateSettings) -> tuple[Any, Plan]:
     heads = settings.mode in ("heads", "full")
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // int(cfg.num_attention_heads))
     h_head = sylvester(head_dim) / np.sqrt(head_dim) if heads else None
-    h_down = sylvester(settings.block) / np.sqrt(settings.block) if settings.mode == "full" else None
+    down = online_hadamard(int(cfg.intermediate_size), settings.block) if settings.mode == "full" else None
+    h_down = down[2] if down is not None else None
     with torch.no_grad():
         emb = _get(rotated.model.embed_tokens.weight)
         _set(rotated.model.embed_tokens.weight, emb @ q)
@@ -142,11 +171,20 @@ def apply(model: Any, settings: RotateSettings) -> tuple[Any, Plan]:
     info = {"mode": settings.mode, "basis": basis, "basis_requested": settings.basis, "seed": settings.seed,
             "hidden": hidden, "norm_gains": "folded into the next linears",
             "heads": f"Hadamard {head_dim} on v_proj/o_proj (folded)" if heads else None,
-            "online": f"block Hadamard {settings.block} before down_proj" if h_down is not None else None,
+            "online": _online_text(down, settings.block),
             "lm_head": "tied: gain as a float MatMul Qᵀ·diag(g)·Q" if tied else "gain folded"}
     log.info("rotation: %s", info)
-    return rotated, Plan(h_down.astype(np.float32) if h_down is not None else None,
+    return rotated, Plan(None if down is None else (None if down[0] is None else down[0].astype(np.float32),
+                                                    down[1].astype(np.float32)),
                          head_matrix.astype(np.float32) if head_matrix is not None else None, info)
+
+
+def _online_text(down: tuple[np.ndarray | None, np.ndarray, np.ndarray] | None, block: int) -> str | None:
+    if down is None:
+        return None
+    if down[0] is None:
+        return f"block Hadamard {block} before down_proj"
+    return f"Hadamard {down[0].shape[0]}⊗{down[1].shape[0]} (all channels) before down_proj"
 
 
 def _rotate_layer(layer: Any, q: np.ndarray, h_head: np.ndarray | None, h_down: np.ndarray | None) -> None:
@@ -168,7 +206,7 @@ def _rotate_layer(layer: Any, q: np.ndarray, h_head: np.ndarray | None, h_down: 
     _set(attn.o_proj.weight, q.T @ o_w)
     d_w = _get(mlp.down_proj.weight)
     if h_down is not None:
-        d_w = _per_block(d_w, h_down)
+        d_w = d_w @ h_down
     _set(mlp.down_proj.weight, q.T @ d_w)
     for lin in (attn.o_proj, mlp.down_proj):
         if lin.bias is not None:

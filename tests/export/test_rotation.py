@@ -47,11 +47,11 @@ def test_residual_rotation_falls_back_to_orthogonal() -> None:
     assert not np.allclose(q, q2)  # the seed matters, and is recorded
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
-def test_full_rotation_keeps_float_parity(name: str, tiny_model: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "block"), [("llama", 32), ("mistral", 32), ("qwen2", 32), ("qwen2", 0)])
+def test_full_rotation_keeps_float_parity(name: str, block: int, tiny_model: Any, tmp_path: Path) -> None:
     src = load_source(str(tiny_model(name)))
     plain = export(src, AVX2, tmp_path / "plain", parity=False)
-    rot = RotateSettings(mode="full", block=32, seed=7)
+    rot = RotateSettings(mode="full", block=block, seed=7)
     rotated = export(src, AVX2, tmp_path / "rot", rotate=rot)
     record = json.loads((rotated.path / "export.json").read_text())
     assert record["parity"]["passed"] and record["parity"]["top1_agreement"] == 1.0
@@ -60,7 +60,7 @@ def test_full_rotation_keeps_float_parity(name: str, tiny_model: Any, tmp_path: 
     g, g0 = _graph(rotated.path), _graph(plain.path)
     layers = src.config["num_hidden_layers"]
     online = [n for n in g.node if n.op_type == "MatMul" and "/mlp/rotate/" in n.name]
-    assert len(online) == layers
+    assert len(online) == layers * (1 if block else 2)  # block 0: all channels, as two Kronecker factors
     # The weights really moved (a no-op rotation would pass parity too); the function did not.
     emb, emb0 = _init(g, "model.embed_tokens.weight"), _init(g0, "model.embed_tokens.weight")
     assert not np.allclose(emb, emb0, atol=1e-3)
