@@ -6,7 +6,8 @@
 
 Fidelity: the bench's default eval (edgekit.bench.fidelity.eval_windows, built-in eval text, DEFAULT_EVAL_TOKENS),
 PyTorch fp32 logits computed once, 95 % intervals resampling whole windows. Decode: 1 thread, a 32-token prompt and
-64 greedy tokens, every variant once per round, rounds interleaved, median of the per-step medians. Each fp32 export
+64 greedy tokens, every variant once per round, rounds interleaved; tok/s = median over rounds of the per-step median,
+and speed vs none = median over rounds of (variant / its method without rotation, same round). Each fp32 export
 passes parity against PyTorch (its top-1 is recorded). Results: OUT/results.json (appended per config × method).
 """
 
@@ -112,14 +113,14 @@ def table(out: Path, eval_tokens: int | None) -> str:
     window = np.concatenate([np.full(len(w) - 1, i) for i, (_, w) in enumerate(wins)])
     results = json.loads((out / "results.json").read_text())
     lines = ["| method | rotation | KLD [95 % CI] | ΔKLD vs none, paired [95 % CI] | top-1 [95 % CI] | decode tok/s "
-             "(median of rounds) |", "|---|---|---|---|---|---|"]
+             "| speed vs none (paired rounds) |", "|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         f, base = r["fidelity"], f"{r['method']} / off"
         k, t = f["kld_mean"], f["top1_agreement"]
         delta = "—" if key == base else "{:+.5f} [{:+.5f}, {:+.5f}]".format(*paired_delta(out, key, base, window))
         lines.append(f"| {r['method']} | {r['config']} | {k['value']:.5f} [{k['ci95_low']:.5f}, {k['ci95_high']:.5f}] "
                      f"| {delta} | {t['value']:.4f} [{t['ci95_low']:.3f}, {t['ci95_high']:.3f}] "
-                     f"| {r.get('decode_tok_s', '—')} {r.get('decode_rounds', '')} |")
+                     f"| {r.get('decode_tok_s', '—')} | {r.get('speed_vs_off') or '—'} |")
     return "\n".join(lines)
 
 
@@ -187,10 +188,14 @@ def main() -> None:
             rates[key].append(decode_rate(folder, prompt, args.new_tokens))
     load = os.getloadavg()
     for key, r in rates.items():
-        results[key]["decode_tok_s"] = round(statistics.median(r), 1)
-        results[key]["decode_rounds"] = [round(x, 1) for x in r]
-        results[key]["host_load_1m"] = round(load[0], 2)
-        print(f"{key:32s} decode {statistics.median(r):.1f} tok/s {[round(x, 1) for x in r]}", flush=True)
+        # Paired within a round (the host's load drifts between rounds): this variant over its method's "off".
+        base = rates.get(f"{results[key]['method']} / off")
+        ratios = [a / b for a, b in zip(r, base, strict=True)] if base else []
+        results[key].update({"decode_tok_s": round(statistics.median(r), 1), "decode_rounds": [round(x, 1) for x in r],
+                             "speed_vs_off": round(statistics.median(ratios), 3) if ratios else None,
+                             "speed_vs_off_rounds": [round(x, 3) for x in ratios], "host_load_1m": round(load[0], 2)})
+        print(f"{key:32s} decode {statistics.median(r):.1f} tok/s {[round(x, 1) for x in r]} "
+              f"vs off {results[key]['speed_vs_off']}", flush=True)
     results_file.write_text(json.dumps(results, indent=2))
 
 
