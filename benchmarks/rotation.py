@@ -114,7 +114,8 @@ def table(out: Path, eval_tokens: int | None) -> str:
     results = json.loads((out / "results.json").read_text())
     lines = ["| method | rotation | KLD [95 % CI] | ΔKLD vs none, paired [95 % CI] | top-1 [95 % CI] | decode tok/s "
              "| speed vs none (paired rounds) |", "|---|---|---|---|---|---|---|"]
-    for key, r in results.items():
+    order = {**{m: i for i, m in enumerate(METHODS)}, **{c: i for i, c in enumerate(CONFIGS)}}
+    for key, r in sorted(results.items(), key=lambda kv: (order[kv[1]["method"]], order[kv[1]["config"]])):
         f, base = r["fidelity"], f"{r['method']} / off"
         k, t = f["kld_mean"], f["top1_agreement"]
         delta = "—" if key == base else "{:+.5f} [{:+.5f}, {:+.5f}]".format(*paired_delta(out, key, base, window))
