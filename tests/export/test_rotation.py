@@ -111,3 +111,15 @@ def test_rotation_refused_where_it_cannot_apply(tiny_model: Any, tmp_path: Path)
     bad = run_cli("export", str(tiny_model("llama")), "--target", "x86-avx2", "-o", str(tmp_path / "z"),
                   "--rotate", "sideways")
     assert bad.returncode == 2 and not (tmp_path / "z").exists()
+
+
+def test_rotate_settings_are_strict() -> None:
+    from pydantic import ValidationError
+
+    from edgekit.specs import ExportSettings
+
+    assert ExportSettings().rotate.mode == "off"  # plain exports are not rotated
+    assert ExportSettings(rotate={"mode": "full", "block": 0, "seed": 3}).rotate.block == 0  # type: ignore[arg-type]
+    for bad in ({"mode": "full", "block": 48}, {"mode": "sideways"}, {"mode": "full", "size": 32}):
+        with pytest.raises(ValidationError):
+            ExportSettings(rotate=bad)  # type: ignore[arg-type]
