@@ -22,6 +22,7 @@ from edgekit.compress import checks, graph
 from edgekit.compress.handlers import Plan, run_handler
 from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
 from edgekit.errors import InputError, UnsupportedError
+from edgekit.export.rotation import ROTATE_MARK
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb
 
@@ -118,6 +119,8 @@ def _calibration(artifact: OnnxArtifact, parent: InferenceSession, path: Path | 
 def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
     nodes = graph.weight_nodes(model)
     keep = {w.name for w in nodes if graph.match(w.name, spec.keep_fp) or graph.match(w.weight, spec.keep_fp)}
+    # The rotation's own MatMuls (edgekit.export.rotation) stay float: int8 inputs there undo the rotation.
+    keep |= {w.name for w in nodes if ROTATE_MARK in w.name}
     vocab = artifact.config.get("vocab_size")
     return Plan(work=work, exclude=keep, lm_head=graph.lm_head(model), feeds=feeds,
                 embedding=graph.token_embedding(model, vocab if isinstance(vocab, int) else None),
