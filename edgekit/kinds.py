@@ -14,3 +14,6 @@ METHODS: tuple[str, ...] = get_args(Method)
 TASKS: tuple[str, ...] = get_args(Task)
 # What compress/ implements: every method but the unquantized export and distillation (its own stage).
 QUANT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("fp32", "distill"))
+# QuaRot-style rotation in the fused export (edgekit.export.rotation): each mode adds one piece to the last.
+RotateMode = Literal["off", "residual", "heads", "full"]
+ROTATE_MODES: tuple[str, ...] = get_args(RotateMode)

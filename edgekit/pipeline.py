@@ -57,6 +57,7 @@ class BuildOptions:
     command: str = ""
     bench: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
+    rotate: str | None = None  # export's rotation mode (None: the target's); edgekit.export.rotation
 
 
 @dataclass
@@ -238,8 +239,9 @@ def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Tar
         spec = DistillSpec(**opts.distill)
         model_source = stages.call("distill", lambda: distill(source, spec, work / "student"))
         extra["distill"] = {"student": model_source.fingerprint, "teacher": source.fingerprint}
-    exported = stages.call("export", lambda: export(model_source, target, work / "export"))
     quant = opts.then if method == "distill" else method
+    exported = stages.call("export", lambda: export(model_source, _rotating(target, quant, opts), work / "export",
+                                                             rotate=opts.rotate))
     if quant in (None, "fp32"):
         return exported, model_source, extra
     from edgekit.compress import compress
@@ -247,6 +249,18 @@ def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Tar
     variant = stages.call("compress", lambda: compress(exported, quant, target, work / "compress",
                                                       calibration=opts.calibration))
     return variant, model_source, extra
+
+
+def _rotating(target: Target, method: str | None, opts: BuildOptions) -> Target:
+    """The target with the method's default rotation (edgekit.export.rotation.METHOD_DEFAULTS) when neither --rotate
+    nor the target chose one; as a target default, it is skipped for graphs the fused writer does not write."""
+    from edgekit.export.rotation import METHOD_DEFAULTS
+
+    mode = METHOD_DEFAULTS.get(method or "")
+    if opts.rotate is not None or mode is None or target.export.rotate.mode != "off":
+        return target
+    rotate = target.export.rotate.model_copy(update={"mode": mode})
+    return target.model_copy(update={"export": target.export.model_copy(update={"rotate": rotate})})
 
 
 def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: BuildOptions) -> dict[str, Any]:
@@ -258,8 +272,10 @@ def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: B
 def _bench_and_evidence(variant: OnnxArtifact, source: SourceModel, profile: Profile, target: Target, opts: BuildOptions,
                         work: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """bench, then the reference data the bundle carries, then (arm64 targets) the emulated target-ISA check."""
+    from edgekit.bench.core import DEFAULT_DECODE_PROMPTS
+
     report = _bench(variant, source, profile, opts)
-    files = _reference_files(source, report, work)
+    files = _reference_files(source, report, work, int(opts.bench.get("decode_prompts", DEFAULT_DECODE_PROMPTS)))
     if files and target.arch == "arm64":
         from edgekit.device.emulate import build_check
 
@@ -267,14 +283,20 @@ def _bench_and_evidence(variant: OnnxArtifact, source: SourceModel, profile: Pro
     return report, files
 
 
-def _reference_files(source: SourceModel, report: dict[str, Any], work: Path) -> dict[str, Path]:
-    """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used."""
+def _reference_files(source: SourceModel, report: dict[str, Any], work: Path, decode_prompts: int) -> dict[str, Path]:
+    """reference.npz: the source's next-token reference on the eval tokens the report's fidelity used, from the
+    source outputs the bench cached (the same settings: a cache hit, the source does not run again)."""
     from edgekit.bench.core import DEFAULT_EVAL_TOKENS
+    from edgekit.bench.sourceref import source_outputs
     from edgekit.bundle.reference_build import write_reference
 
+    if source.task != "text-generation":
+        return {}
     ev = report.get("eval") or {}
     data = None if ev.get("data") in (None, "builtin:eval") else Path(str(ev["data"]))
-    path = write_reference(source, data, int(ev.get("tokens") or DEFAULT_EVAL_TOKENS), work / "reference.npz")
+    tokens = int(ev.get("tokens") or DEFAULT_EVAL_TOKENS)
+    outputs = source_outputs(source, data, tokens, decode_prompts)
+    path = write_reference(source, data, tokens, work / "reference.npz", outputs=outputs)
     return {"reference.npz": path} if path else {}
 
 
@@ -301,7 +323,8 @@ def write_outputs(job: BundleJob, out: Path, opts: BuildOptions) -> Path:
     settings = {"method": method, "then": opts.then, "target": job.target.name, "profile": job.profile.name,
                 "eval_data": str(opts.eval_data) if opts.eval_data else None,
                 "calibration": str(opts.calibration) if opts.calibration else None, "bench": opts.bench,
-                "distill": opts.distill if method == "distill" else None}
+                "distill": opts.distill if method == "distill" else None,
+                "rotation": (job.variant.meta.get("export") or job.variant.meta).get("rotation")}
     build_record = {"schema": "edgekit/build@1", "edgekit_version": __version__, "command": opts.command,
                     "settings": settings, "stages": job.stages, **({"memory": job.memory} if job.memory else {})}
     return write_bundle(job.variant, job.report, job.result, out, command=opts.command, archive=opts.archive,

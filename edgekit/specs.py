@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.errors import UnsupportedError
-from edgekit.kinds import METHODS, QUANT_METHODS, TASKS, Method, Task
+from edgekit.kinds import METHODS, QUANT_METHODS, TASKS, Method, RotateMode, Task
 
 __all__ = ["METHODS", "QUANT_METHODS", "TASKS", "Method", "Task"]  # re-exported: specs is where callers look
 
@@ -44,11 +44,33 @@ class Spec(BaseModel):
 # ---------------------------------------------------------------- targets: how to build
 
 
+class RotateSettings(Spec):
+    """QuaRot-style rotation in the fused writer (edgekit.export.rotation); exact in float, off by default because on
+    SmolLM2 it did not pay enough (docs/rotation.md)."""
+
+    # off | residual (residual stream, norm gains folded) | heads (+ Hadamard on value heads / o_proj input,
+    # folded) | full (+ online block-Hadamard before down_proj)
+    mode: RotateMode = "off"
+    # Randomized Hadamard where one of order `hidden` is constructible, else random orthogonal (recorded).
+    basis: Literal["hadamard", "orthogonal"] = "hadamard"
+    # Online Hadamard block before down_proj (MatMulNBits quantizes activations in blocks of its block_size);
+    # 0 = all channels (Paley ⊗ Sylvester factors).
+    block: Annotated[int, Field(ge=0, le=4096)] = 32
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> RotateSettings:
+        if self.block & (self.block - 1):
+            raise ValueError(f"rotate block must be a power of two (or 0: all channels), got {self.block}")
+        return self
+
+
 class ExportSettings(Spec):
     opset: Annotated[int, Field(ge=14, le=23)] = 17
     # Decoder graph writer: "fused" (edgekit.fused, GroupQueryAttention), "optimum" (traced), "auto" = fused
     # where the architecture is covered.
     graph: Literal["auto", "fused", "optimum"] = "auto"
+    rotate: RotateSettings = RotateSettings()
 
 
 class OptimizeSettings(Spec):
@@ -62,6 +84,10 @@ class Int8Settings(Spec):
     per_channel: bool = True
     # Without VNNI, u8s8 products can saturate the 16-bit intermediates on AVX2: reduce_range avoids it.
     reduce_range: bool = False
+    # Dynamic int8 weights (None: weight_type). Dynamic activations use the full u8 range, so on AVX2 the
+    # saturation-free choice is u8u8 (onnxruntime's other remedy): reduce_range's 7-bit weights cost MiniLM
+    # cosine 0.990 where u8u8 keeps 0.994.
+    dynamic_weight_type: Literal["qint8", "quint8"] | None = None
 
 
 class Int4Settings(Spec):

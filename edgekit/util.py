@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic folder writes, the cache location, peak RSS."""
+"""Small shared helpers: atomic file and folder writes, the cache location, peak RSS."""
 
 from __future__ import annotations
 
@@ -54,6 +54,24 @@ def atomic_dir(final: Path, *, replace: bool = True) -> Iterator[Path]:
             os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write through a temporary file beside `path` and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {exc.strerror}") from exc
         raise
 
 

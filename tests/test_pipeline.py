@@ -34,7 +34,9 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     # The profile's default method (local: int8-weight), and a relative -o as users type it: no stage may
     # depend on the working directory.
-    first = _spawn_build(tiny_model("llama"), "bundle", "--archive", "--json", cwd=tmp_path)
+    # --rotate off: the 0.9 top-1 gate on this random-weight model is decided by one of 45 tokens, and the default
+    # int8-weight rotation (test_rotation_default_per_method) redraws that coin; this test is about the pipeline.
+    first = _spawn_build(tiny_model("llama"), "bundle", "--archive", "--json", "--rotate", "off", cwd=tmp_path)
     lock = tmp_path / ".bundle.lock"
     while not lock.exists() and first.poll() is None:  # the first build holds OUT from here on
         time.sleep(0.02)
@@ -51,6 +53,8 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     assert manifest["schema"] == "edgekit/bundle@1" and manifest["method"] == "int8-weight" and manifest["gate_passed"]
     assert manifest["command"].startswith("edgekit build ") and "-o bundle" in manifest["command"]
     assert manifest["settings"]["settings"]["method"] == "int8-weight" and manifest["settings"]["export"]
+    assert manifest["settings"]["export"]["rotation"] == {"mode": "off"}  # --rotate off: see _spawn_build above
+    assert json.loads((out / "build.json").read_text())["settings"]["rotation"] == {"mode": "off"}
     assert manifest["source"]["sha256"] and manifest["runtime"]["onnxruntime"].startswith(">=")
     # A random-weight source: the bits-per-byte check fails, and the override that let it through is on record.
     checks = manifest["source_checks"]
@@ -164,3 +168,17 @@ def test_build_distill_then_quantize_reports_retention(tiny_model, tmp_path: Pat
     assert 0 < d["size_ratio"] < 1 and d["ppl_retention"] > 0
     assert d["teacher"]["sha256"] != d["student"]["sha256"]
     assert "distilled student" in res.stdout
+
+
+def test_rotation_default_per_method() -> None:
+    """int8-weight builds rotate unless --rotate or the target says otherwise; other methods do not."""
+    from edgekit.catalog import load_target
+    from edgekit.pipeline import BuildOptions, _rotating
+    from edgekit.specs import RotateSettings
+
+    avx2 = load_target("x86-avx2")
+    assert _rotating(avx2, "int8-weight", BuildOptions()).export.rotate.mode == "full"
+    assert _rotating(avx2, "int4-hqq", BuildOptions()).export.rotate.mode == "off"
+    assert _rotating(avx2, "int8-weight", BuildOptions(rotate="off")) is avx2  # export(rotate="off") wins
+    own = avx2.model_copy(update={"export": avx2.export.model_copy(update={"rotate": RotateSettings(mode="residual")})})
+    assert _rotating(own, "int8-weight", BuildOptions()).export.rotate.mode == "residual"

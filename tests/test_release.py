@@ -139,7 +139,7 @@ def test_wheel_works_outside_the_checkout(tiny_model, tmp_path: Path) -> None:  
     res = subprocess.run([str(venv / "bin" / "edgekit"), "build", str(tiny_model("llama")), "--profile", "local",
                           "--method", "int8-weight", "-o", str(out), *FAST], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=900)
-    assert res.returncode == 0, res.stderr
+    assert_exit_follows_gate(res, out / "gate.json")  # a tiny random model's int8 gate is a coin flip
     build = json.loads((out / "build.json").read_text())
     assert build["settings"]["calibration"] is None
     assert (out / "edgekit.json").is_file()

@@ -15,6 +15,7 @@ from edgekit.errors import BenchError, UnsupportedError
 from edgekit.records import Report
 
 if TYPE_CHECKING:
+    from edgekit.bench.sourceref import SourceOutputs
     from edgekit.source import SourceModel
     from edgekit.specs import Profile
 
@@ -120,9 +121,21 @@ def bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_
           eval_tokens: int = DEFAULT_EVAL_TOKENS, max_time_s: float = DEFAULT_MAX_TIME_S,
           decode_prompts: int = DEFAULT_DECODE_PROMPTS) -> dict[str, Any]:
     """Measure `variant` (ONNX) against `source` (PyTorch fp32) for `profile`; return the report dict."""
+    quality = bench_quality(variant, source, profile, eval_data=eval_data, eval_tokens=eval_tokens,
+                            decode_prompts=decode_prompts)
+    return bench_performance(variant, source, profile, quality, eval_data=eval_data, on_device=on_device,
+                             max_time_s=max_time_s)
+
+
+def bench_quality(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_data: Path | None = None,
+                  eval_tokens: int = DEFAULT_EVAL_TOKENS, decode_prompts: int = DEFAULT_DECODE_PROMPTS,
+                  outputs: SourceOutputs | None = None) -> dict[str, Any]:
+    """The deterministic half of a bench: fidelity and the decode-path check against the source's (cached)
+    outputs. It times nothing, so it may run on any worker at the same time as others (fit's executors)."""
     from edgekit.bench.decode import measure_decode
     from edgekit.bench.fidelity import measure_fidelity
     from edgekit.bench.hostinfo import host_info
+    from edgekit.bench.sourceref import source_outputs
 
     if source.format != "hf":
         raise UnsupportedError(f"{source.spec}: bench compares against a PyTorch source; give the HF model, not ONNX")
@@ -132,23 +145,52 @@ def bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_
     if eval_tokens < 2:
         raise BenchError(f"--eval-tokens must be at least 2, got {eval_tokens}")
     warnings: list[str] = []
-    host = host_info()
-    providers = _providers(variant, profile, host["providers"], warnings)
-    src_block, src_size, params = _source_block(source)
+    providers = _providers(variant, profile, host_info()["providers"], warnings)
+    if outputs is None:
+        outputs = source_outputs(source, eval_data, eval_tokens, decode_prompts)
+    with progress.stage("bench: fidelity setup"):
+        session = variant.session(threads=1, providers=providers)
+    fidelity = measure_fidelity(session, source, eval_data, eval_tokens, outputs)
+    decode = measure_decode(session, source, eval_data, decode_prompts, outputs=outputs)
+    return {"fidelity": fidelity, "decode": decode, "warnings": warnings, "source_outputs": outputs.record(),
+            "eval": {"tokens": eval_tokens, "data": str(eval_data) if eval_data else "builtin:eval"}}
+
+
+def host_latency(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_data: Path | None = None,
+                 max_time_s: float = DEFAULT_MAX_TIME_S) -> dict[str, Any]:
+    """Latency of variant and source, interleaved on this host, for the profile's workload and threads (nothing
+    else of the profile: fit reuses it for profiles that share both)."""
+    from edgekit.bench.hostinfo import host_info
+
+    warnings: list[str] = []
+    providers = _providers(variant, profile, host_info()["providers"], [])
     threads = min(profile.workload.threads, os.cpu_count() or 1)
     if threads < profile.workload.threads:
         # More threads than cores only measures contention; the device estimate scales to the device's cores.
         warnings.append(f"profile asks for {profile.workload.threads} threads; this host has {threads} cores, measured with {threads}")
-    with progress.stage("bench: fidelity setup"):
-        session = variant.session(threads=1, providers=providers)
-    fidelity = measure_fidelity(session, source, eval_data, eval_tokens)
-    decode = measure_decode(session, source, eval_data, decode_prompts)
-    del session
     spec = {"task": source.task, "threads": threads, "max_time_s": max_time_s,
             **_workload_spec(source, profile, eval_data, warnings)}
     measured = _measure({"variant": {**spec, "engine": "onnx", "model_file": str(variant.model_file), "providers": providers},
                          "source": {**spec, "engine": "torch", "source": str(source.path)}}, max_time_s)
-    var, src = measured["variant"], measured["source"]
+    return {"measured": measured, "threads": threads, "providers": providers, "warnings": warnings}
+
+
+def bench_performance(variant: OnnxArtifact, source: SourceModel, profile: Profile, quality: dict[str, Any], *,
+                      eval_data: Path | None = None, on_device: bool = False, max_time_s: float = DEFAULT_MAX_TIME_S,
+                      latency: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The timed half (`host_latency`, unless given), the device estimate, and the report with `quality`."""
+    import copy
+
+    from edgekit.bench.hostinfo import host_info
+
+    host = host_info()
+    if latency is None:
+        latency = host_latency(variant, source, profile, eval_data=eval_data, max_time_s=max_time_s)
+    latency = copy.deepcopy(latency)  # the report's blocks are its own, even when two reports share a measurement
+    warnings: list[str] = [*quality["warnings"], *latency["warnings"]]
+    providers, threads = latency["providers"], latency["threads"]
+    src_block, src_size, params = _source_block(source)
+    var, src = latency["measured"]["variant"], latency["measured"]["source"]
     if var.get("torch_imported"):
         warnings.append("torch was loaded in the ONNX measurement process; its peak RSS includes torch")
     var["metrics"]["model_size_mb"] = single(variant.size_mb, "MB")
@@ -170,9 +212,9 @@ def bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, *, eval_
         "profile": {"name": profile.name, "target": profile.target, "device": profile.device.model_dump(),
                     "workload": profile.workload.model_dump()},
         "performance": performance,
-        "fidelity": fidelity,
-        "decode": decode,
-        "eval": {"tokens": eval_tokens, "data": str(eval_data) if eval_data else "builtin:eval"},
+        "fidelity": quality["fidelity"],
+        "decode": quality["decode"],
+        "eval": quality["eval"],
         "gate": None,
         "warnings": warnings,
     }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torch.nn import Module
     from transformers import PreTrainedTokenizerBase
 
+    from edgekit.bench.sourceref import SourceOutputs
     from edgekit.runtime import Decoder
     from edgekit.source import SourceModel
 
@@ -105,80 +106,47 @@ def summarize_decode(matched: list[int], new_tokens: int, steps: list[CausalStat
     }
 
 
-def decode_check(
-    variant_session: InferenceSession,
-    model: Module,
-    tokenizer: PreTrainedTokenizerBase,
-    eval_data: Path | None,
-    *,
-    prompts: int = DEFAULT_PROMPTS,
-    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
-    new_tokens: int = DEFAULT_NEW_TOKENS,
-) -> dict[str, Any] | None:
-    """The `decode` block of the report; None when there is nothing to check (no prompts, no KV cache)."""
+def decode_check(variant_session: InferenceSession, outputs: SourceOutputs) -> dict[str, Any] | None:
+    """The `decode` block of the report from the source's cached greedy continuations; None when there is nothing
+    to check (no prompts, no KV cache)."""
     from edgekit.runtime import Decoder
 
+    spec = outputs.meta.get("decode")
     decoder = Decoder(variant_session)
-    if prompts <= 0 or not decoder.with_past:
-        if prompts > 0:
+    if not spec or not decoder.with_past:
+        if spec:
             log.warning("the variant has no KV cache inputs: decode-path check skipped")
         return None
-    chosen = decode_prompts(tokenizer, eval_data, prompts, prompt_tokens)
-    if not chosen:
-        log.warning(
-            "no eval document has %d tokens for a decode prompt: decode-path check skipped", prompt_tokens
-        )
+    if not spec["prompts"]:
+        log.warning("no eval document has %d tokens for a decode prompt: decode-path check skipped", spec["prompt_tokens"])
         return None
+    new_tokens = int(spec["new_tokens"])
+    prompts, continuations = outputs.array("decode_prompts"), outputs.array("decode_tokens")
+    ref_logits = outputs.array("decode_logits")
     matched, steps = [], []
-    with progress.stage("bench: decode path", total=len(chosen)) as stage:
-        for prompt in chosen:
-            ref_tokens, ref_logits = source_greedy(model, prompt, new_tokens)
+    with progress.stage("bench: decode path", total=len(prompts)) as stage:
+        for i in range(len(prompts)):
+            prompt, ref_tokens = prompts[i].tolist(), continuations[i].tolist()
             # Fed no EOS set: both sides run the full length, so an early stop cannot count as a match.
             produced = list(decoder.tokens(prompt, new_tokens))
             matched.append(matched_prefix(ref_tokens, produced))
             got = variant_forced(decoder, prompt, ref_tokens)
-            steps.append(causal_stats(ref_logits, got, np.asarray(ref_tokens)))
+            steps.append(causal_stats(np.asarray(ref_logits[i]), got, np.asarray(ref_tokens)))
             stage.advance()
     block = summarize_decode(matched, new_tokens, steps)
     path = "kv-cache, shared buffer" if decoder.shared_kv else "kv-cache, numpy feeds"
-    return {
-        "prompts": len(chosen),
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens,
-        "greedy": True,
-        "path": path,
-        "matched_tokens": matched,
-        "metrics": block,
-    }
+    return {"prompts": len(prompts), "prompt_tokens": int(spec["prompt_tokens"]), "new_tokens": new_tokens,
+            "greedy": True, "path": path, "matched_tokens": matched, "metrics": block}
 
 
-def measure_decode(
-    variant_session: InferenceSession,
-    source: SourceModel,
-    eval_data: Path | None,
-    prompts: int = DEFAULT_PROMPTS,
-    new_tokens: int = DEFAULT_NEW_TOKENS,
-) -> dict[str, Any] | None:
-    """`decode_check` on a source (PyTorch fp32, 1 thread: deterministic, and fastest on small hosts)."""
-    import torch
+def measure_decode(variant_session: InferenceSession, source: SourceModel, eval_data: Path | None,
+                   prompts: int = DEFAULT_PROMPTS, new_tokens: int = DEFAULT_NEW_TOKENS, *,
+                   outputs: SourceOutputs | None = None, eval_tokens: int = 2048) -> dict[str, Any] | None:
+    """`decode_check` against the source's greedy continuations (PyTorch fp32, 1 thread, cached: bench.sourceref)."""
+    from edgekit.bench.sourceref import source_outputs
 
     if source.task != "text-generation" or prompts <= 0:
         return None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        max_pos = int(
-            source.config.get("max_position_embeddings") or source.config.get("n_positions") or 1 << 20
-        )
-        prompt_tokens = max(1, min(DEFAULT_PROMPT_TOKENS, max_pos - new_tokens))
-        return decode_check(
-            variant_session,
-            source.load_model(),
-            source.load_tokenizer(),
-            eval_data,
-            prompts=prompts,
-            prompt_tokens=prompt_tokens,
-            new_tokens=new_tokens,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    if outputs is None:
+        outputs = source_outputs(source, eval_data, eval_tokens, prompts, new_tokens=new_tokens)
+    return decode_check(variant_session, outputs)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from onnxruntime import InferenceSession
     from transformers import PreTrainedTokenizerBase
 
+    from edgekit.bench.sourceref import SourceOutputs
     from edgekit.source import SourceModel
 
 log = logging.getLogger(__name__)
@@ -240,20 +241,17 @@ def eval_windows(tokenizer: PreTrainedTokenizerBase, config: dict[str, Any], eva
     return wins
 
 
-def causal_fidelity(variant_session: InferenceSession, model: Any, tokenizer: Any, config: dict[str, Any],
-                    eval_data: Path | None, eval_tokens: int) -> dict[str, dict[str, Any]]:
-    import torch
-
+def causal_fidelity(variant_session: InferenceSession, outputs: SourceOutputs) -> dict[str, dict[str, Any]]:
+    """The variant on the cached source's windows, against the source's logits there."""
     from edgekit.runtime import Decoder
 
-    wins = eval_windows(tokenizer, config, eval_data, eval_tokens)
+    wins = outputs.windows()
     decoder = Decoder(variant_session)
     parts = []
-    with progress.stage("bench: fidelity", total=len(wins)) as st, torch.inference_mode():
-        for _, win in wins:
-            ref = model(torch.tensor([win], dtype=torch.long)).logits[0].float().numpy()
+    with progress.stage("bench: fidelity", total=len(wins)) as st:
+        for (_, win), ref in zip(wins, outputs.window_logits(), strict=True):
             got = decoder.logits(win)
-            parts.append(causal_stats(ref[:-1], got[:-1], np.asarray(win[1:])))
+            parts.append(causal_stats(ref, got[:-1], np.asarray(win[1:])))
             st.advance()
     if len(wins) < MIN_WINDOWS:
         log.warning("fidelity on %d windows only: its intervals are rough; give more --eval-tokens or --eval-data", len(wins))
@@ -280,31 +278,24 @@ def encoder_texts(eval_data: Path | None, eval_tokens: int, task: str) -> tuple[
     return lines, labels
 
 
-def encoder_fidelity(variant_session: InferenceSession, model: Any, tokenizer: Any, task: str, config: dict[str, Any],
-                     eval_data: Path | None, eval_tokens: int) -> dict[str, dict[str, Any]]:
-    import torch
+def encoder_fidelity(variant_session: InferenceSession, outputs: SourceOutputs) -> dict[str, dict[str, Any]]:
+    """The variant on the cached source's inputs, against the source's outputs (logits or pooled embeddings)."""
+    from edgekit.runtime import Encoder
 
-    from edgekit.runtime import Encoder, pool
-
-    texts, label_names = encoder_texts(eval_data, eval_tokens, task)
+    task = str(outputs.meta["task"])
     encoder = Encoder(variant_session, task)
-    src, var = [], []
-    with progress.stage("bench: fidelity", total=len(texts)) as st, torch.inference_mode():
-        for text in texts:
-            enc = tokenizer(text, truncation=True, max_length=ENCODER_MAX_TOKENS, return_tensors="np")
-            ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-            out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
-            if task == "text-classification":
-                src.append(out.logits[0].float().numpy())
-            else:
-                src.append(pool(out.last_hidden_state.float().numpy(), mask)[0])
-            var.append(encoder.run(ids, mask)[0])
+    ids, mask, src = outputs.array("ids"), outputs.array("mask"), np.asarray(outputs.array("encoder_outputs"))
+    var, start = [], 0
+    with progress.stage("bench: fidelity", total=len(outputs.meta["lens"])) as st:
+        for length in outputs.meta["lens"]:
+            part = slice(start, start + length)
+            var.append(encoder.run(np.asarray(ids[part])[None], np.asarray(mask[part])[None])[0])
+            start += length
             st.advance()
     if task == "text-classification":
-        # The loaded model's config: transformers leaves default LABEL_i names out of config.json.
-        labels = _label_ids(label_names, dict(model.config.id2label)) if label_names else None
-        return summarize_classification(np.stack(src), np.stack(var), labels)
-    return summarize_embeddings(np.stack(src), np.stack(var))
+        labels = outputs.meta.get("labels")
+        return summarize_classification(src, np.stack(var), None if labels is None else np.asarray(labels))
+    return summarize_embeddings(src, np.stack(var))
 
 
 def _label_ids(names: list[str], id2label: dict[Any, Any]) -> np.ndarray:
@@ -321,17 +312,13 @@ def _label_ids(names: list[str], id2label: dict[Any, Any]) -> np.ndarray:
     return np.asarray(out)
 
 
-def measure_fidelity(variant_session: InferenceSession, source: SourceModel, eval_data: Path | None, eval_tokens: int) -> dict[str, Any]:
-    """Run source (PyTorch fp32) and variant (ONNX) on the same tokens; returns fidelity metrics."""
-    import torch
+def measure_fidelity(variant_session: InferenceSession, source: SourceModel, eval_data: Path | None, eval_tokens: int,
+                     outputs: SourceOutputs | None = None) -> dict[str, Any]:
+    """Source (PyTorch fp32, its outputs cached: edgekit.bench.sourceref) vs variant (ONNX) on the same tokens."""
+    from edgekit.bench.sourceref import source_outputs
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic and fast on small hosts
-    try:
-        model = source.load_model()
-        tokenizer = source.load_tokenizer()
-        if source.task == "text-generation":
-            return causal_fidelity(variant_session, model, tokenizer, source.config, eval_data, eval_tokens)
-        return encoder_fidelity(variant_session, model, tokenizer, source.task, source.config, eval_data, eval_tokens)
-    finally:
-        torch.set_num_threads(threads)
+    if outputs is None:
+        outputs = source_outputs(source, eval_data, eval_tokens, 0)
+    if source.task == "text-generation":
+        return causal_fidelity(variant_session, outputs)
+    return encoder_fidelity(variant_session, outputs)

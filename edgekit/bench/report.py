@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import InputError
+from edgekit.util import write_atomic
 
 PERF_ORDER = ("decode_tokens_per_s", "ttft_ms", "prefill_tokens_per_s", "per_token_ms", "latency_ms",
               "throughput_items_per_s", "peak_rss_mb", "model_size_mb", "load_ms")
 FIDELITY_ORDER = ("top1_agreement", "kld_mean", "kld_p99", "kld_max", "ppl_source", "ppl_variant", "ppl_ratio",
                   "agreement", "accuracy", "accuracy_source", "accuracy_ratio", "cosine_mean", "cosine_p5")
 DECODE_ORDER = ("match_fraction", "matched_tokens_mean", "full_match_rate", "kld_mean", "top1_agreement")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: dict[str, Any], folder: Path | str, *, stem: str = "report") -> dict[str, Path]:
@@ -37,9 +24,9 @@ def write_report(report: dict[str, Any], folder: Path | str, *, stem: str = "rep
     except OSError as exc:
         raise InputError(f"cannot write the report to {folder}: {exc.strerror}") from exc
     paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md", "png": folder / f"{stem}.png"}
-    _write_atomic(paths["png"], render_png(report))
-    _write_atomic(paths["md"], to_markdown(report, png_name=paths["png"].name).encode())
-    _write_atomic(paths["json"], (json.dumps(report, indent=2, default=str) + "\n").encode())
+    write_atomic(paths["png"], render_png(report))
+    write_atomic(paths["md"], to_markdown(report, png_name=paths["png"].name).encode())
+    write_atomic(paths["json"], (json.dumps(report, indent=2, default=str) + "\n").encode())
     return paths
 
 

@@ -224,7 +224,7 @@ def _settings(record: dict[str, Any]) -> dict[str, Any]:
     """What was done to get this graph: the compress settings (+ calibration, fallback) and the export's."""
     export = record.get("export") or record
     out = {k: record[k] for k in ("settings", "calibration", "fallback") if record.get(k) is not None}
-    out["export"] = {k: export[k] for k in ("optimization", "versions", "external_data") if k in export}
+    out["export"] = {k: export[k] for k in ("optimization", "rotation", "versions", "external_data") if k in export}
     return out
 
 

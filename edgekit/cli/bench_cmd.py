@@ -103,6 +103,7 @@ def _bench_bundle_on_device(bundle: Path, profile_name: str, out: Path | None, a
     import json
 
     from edgekit.runtime.ondevice import device_report
+    from edgekit.util import write_atomic
 
     profile = None
     if profile_name != "local":  # default: the profile the bundle was built for
@@ -114,7 +115,7 @@ def _bench_bundle_on_device(bundle: Path, profile_name: str, out: Path | None, a
     if out is not None:
         path = out if out.suffix == ".json" else out / "report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
+        write_atomic(path, json.dumps(report, indent=2))
     if as_json:
         emit_json(report)
         return

@@ -10,6 +10,7 @@ import click
 
 from edgekit.cli.inspect_cmd import allow_implausible_option, sanity_line
 from edgekit.cli.options import common_options, echo, emit_json, table
+from edgekit.kinds import ROTATE_MODES
 from edgekit.records import Report
 from edgekit.specs import METHODS
 
@@ -33,13 +34,15 @@ def rebuild_command() -> str:
 @click.option("--distill-steps", type=click.IntRange(1), default=None, help="With --method distill.")
 @click.option("--student-layers", type=click.IntRange(1), default=None, help="With --method distill.")
 @click.option("--archive", is_flag=True, help="Also write OUT.tar.gz.")
+@click.option("--rotate", type=click.Choice(ROTATE_MODES), default=None,
+              help="QuaRot-style rotation in the fused export (default: the target's, off); see docs/rotation.md.")
 @click.option("--keep-work", is_flag=True, help="Keep intermediate export/compress folders.")
 @click.option("--trust-remote-code", is_flag=True)
 @allow_implausible_option
 @common_options
 def build(source: str, profile_name: str, method: str | None, then: str | None, out: Path, eval_data: Path | None,
           calibration: Path | None, eval_tokens: int | None, max_time: float | None, distill_steps: int | None,
-          student_layers: int | None, archive: bool, keep_work: bool, trust_remote_code: bool,
+          student_layers: int | None, archive: bool, rotate: str | None, keep_work: bool, trust_remote_code: bool,
           allow_implausible_source: bool, as_json: bool) -> None:
     """Source → export → compress → bench → gate → bundle."""
     from edgekit.catalog import load_profile
@@ -53,7 +56,7 @@ def build(source: str, profile_name: str, method: str | None, then: str | None, 
     options = BuildOptions(method=method, then=then, eval_data=eval_data, calibration=calibration, archive=archive,
                            keep_work=keep_work,
                            trust_remote_code=trust_remote_code, command=rebuild_command(), bench=bench_opts,
-                           distill=distill_opts, allow_implausible_source=allow_implausible_source)
+                           distill=distill_opts, allow_implausible_source=allow_implausible_source, rotate=rotate)
     result = run_build(source, profile, out, options)
     if as_json:
         emit_json({"bundle": str(result.bundle), "passed": result.passed, "gate": result.gate.to_dict(),

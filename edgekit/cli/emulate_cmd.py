@@ -28,6 +28,7 @@ def emulate_bundle(bundle: Path, *, cpu: str | None, windows: int | None, prompt
     from edgekit.device.root import find_root
     from edgekit.errors import InputError
     from edgekit.runtime.ondevice import load_reference
+    from edgekit.util import write_atomic
 
     with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as scratch:
         folder = safe_extract(bundle, Path(scratch)) if bundle.is_file() else bundle
@@ -43,7 +44,7 @@ def emulate_bundle(bundle: Path, *, cpu: str | None, windows: int | None, prompt
         if out is not None:
             report = json.loads((folder / "report.json").read_text())
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(apply_target_isa(report, block), indent=2, default=str))
+            write_atomic(out, json.dumps(apply_target_isa(report, block), indent=2, default=str))
     if not quiet:
         show(block)
         if out is not None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgekit.cli.options import common_options, echo, emit_json
+from edgekit.util import write_atomic
 
 if TYPE_CHECKING:
     from edgekit.gate import GateResult
@@ -26,25 +27,6 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: not an edgekit {what} (top level is not an object)")
     return data
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a reader never sees half of it."""
-    import os
-    import tempfile
-
-    from edgekit.errors import InputError
-
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def default_gate_json(report: Path) -> Path | None:
@@ -110,7 +92,7 @@ def gate(report: Path, profile_name: str, baseline: Path | None, junit: Path | N
     if markdown:
         outputs[markdown] = result.markdown()
     for path, text in outputs.items():
-        write_text(path, text)
+        write_atomic(path, text)
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -22,6 +22,7 @@ from edgekit.compress import checks, graph, shared
 from edgekit.compress.handlers import Plan, run_handler
 from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
 from edgekit.errors import InputError, UnsupportedError
+from edgekit.export.rotation import ROTATE_MARK
 from edgekit.specs import Target
 from edgekit.util import atomic_dir, peak_rss_mb, release_memory
 
@@ -133,6 +134,8 @@ def _calibration(artifact: OnnxArtifact, parent: InferenceSession, path: Path | 
 def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Path, feeds: list[dict[str, Any]]) -> Plan:
     nodes = graph.weight_nodes(model)
     keep = {w.name for w in nodes if graph.match(w.name, spec.keep_fp) or graph.match(w.weight, spec.keep_fp)}
+    # The rotation's own MatMuls (edgekit.export.rotation) stay float: int8 inputs there undo the rotation.
+    keep |= {w.name for w in nodes if ROTATE_MARK in w.name}
     vocab = artifact.config.get("vocab_size")
     head, embedding = graph.lm_head(model), graph.token_embedding(model, vocab if isinstance(vocab, int) else None)
     tied = isinstance(spec, WeightOnlySpec) and spec.embed_bits > 0 and shared.is_tied(model, embedding, head)

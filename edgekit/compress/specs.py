@@ -92,8 +92,11 @@ def _defaults(name: str, target: Target) -> tuple[type[MethodSpec], dict[str, An
         return WeightOnlySpec, {"method": name, "bits": 8, "block_size": 32, "algo": "rtn", "symmetric": True,
                                 "accuracy_level": q4.accuracy_level, "lm_head_bits": 8, "embed_bits": 8}
     if name == "int8-dynamic":
-        return DynamicInt8Spec, {"weight_type": q8.weight_type, "per_channel": q8.per_channel,
-                                 "reduce_range": q8.reduce_range}
+        if q8.dynamic_weight_type == "quint8":
+            # u8u8 cannot saturate, so the weights keep all 8 bits.
+            return DynamicInt8Spec, {"weight_type": "quint8", "per_channel": q8.per_channel, "reduce_range": False}
+        return DynamicInt8Spec, {"weight_type": q8.dynamic_weight_type or q8.weight_type,
+                                 "per_channel": q8.per_channel, "reduce_range": q8.reduce_range}
     if name == "int8-static":
         return StaticInt8Spec, {"weight_type": q8.weight_type, "activation_type": q8.activation_type,
                                 "per_channel": q8.per_channel, "reduce_range": q8.reduce_range}

@@ -18,7 +18,7 @@ from edgekit import __version__, progress
 from edgekit.artifact import MODEL_FILE, SIDE_FILES, OnnxArtifact
 from edgekit.errors import EdgekitError, ExportError, InputError, ParityError, UnsupportedError
 from edgekit.source import SourceModel
-from edgekit.specs import Target
+from edgekit.specs import RotateSettings, Target
 from edgekit.util import atomic_dir, peak_rss_mb, release_memory
 
 if TYPE_CHECKING:
@@ -36,13 +36,14 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
 def export(source: SourceModel, target: Target, out: Path | str, *, opset: int | None = None,
-           parity: bool = True, graph: str | None = None) -> OnnxArtifact:
+           parity: bool = True, graph: str | None = None, rotate: RotateSettings | str | None = None) -> OnnxArtifact:
     """Export `source` to an ONNX folder at `out` (written atomically) and return it.
 
     `graph` picks the writer: "fused" (edgekit.fused: GroupQueryAttention graph for Llama-family decoders),
-    "optimum" (traced by optimum-onnx), or "auto" (fused where supported); default: the target's.
-    """
+    "optimum" (traced by optimum-onnx), or "auto" (fused where supported); default: the target's. `rotate`: settings
+    or a mode over the target's (edgekit.export.rotation)."""
     out = Path(out)
+    rot = _rotation_for(source, target, graph, rotate)
     if source.format == "onnx":
         return _adopt_onnx(source, target, out)
     if source.task not in OPTIMUM_TASKS:
@@ -51,11 +52,11 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
     record: dict[str, Any] = {
         "schema": "edgekit/export@1", "task": source.task, "method": "fp32", "target": target.name,
         "source": source.fingerprint, "timings_s": {}, "versions": versions(), "graph": {"writer": writer},
-    }
+        "rotation": {"mode": "off"}}
     with atomic_dir(out) as tmp:
         raw = tmp / "raw"
         t0 = time.perf_counter()
-        reference = _write_graph(source, writer, raw, opset or target.export.opset, record, parity=parity)
+        reference = _write_graph(source, writer, raw, opset or target.export.opset, record, parity=parity, rot=rot)
         record["timings_s"]["export"] = round(time.perf_counter() - t0, 2)
         chosen = raw / MODEL_FILE
         if parity:
@@ -90,7 +91,7 @@ def export(source: SourceModel, target: Target, out: Path | str, *, opset: int |
 
 
 def _write_graph(source: SourceModel, writer: str, raw: Path, opset: int, record: dict[str, Any], *,
-                 parity: bool) -> TorchReference | None:
+                 parity: bool, rot: RotateSettings) -> TorchReference | None:
     """The raw graph into `raw`, and PyTorch's parity outputs (None without parity).
 
     They are computed while the model is loaded anyway (the fused writer reads it; optimum loads a copy of its own,
@@ -98,7 +99,8 @@ def _write_graph(source: SourceModel, writer: str, raw: Path, opset: int, record
     model = source.load_model() if writer == "fused" else None
     with progress.stage(f"export: onnx graph ({writer})"):
         if writer == "fused":
-            record["graph"] = _fused_export(source, model, raw, opset)
+            record["graph"] = _fused_export(source, model, raw, opset, rot)
+            record["rotation"] = record["graph"].get("rotation", record["rotation"])
         else:
             _optimum_export(source, raw, opset)
     reference = _torch_reference(source, model) if parity else None
@@ -137,11 +139,45 @@ def choose_writer(source: SourceModel, wanted: str) -> str:
     return "optimum"
 
 
-def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int) -> dict[str, Any]:
+def _rotation_for(source: SourceModel, target: Target, graph: str | None,
+                  rotate: RotateSettings | str | None) -> RotateSettings:
+    """The rotation this export applies. Asked for explicitly where the fused writer cannot write: UnsupportedError;
+    a target's default rotation is skipped there (a target serves encoders and traced graphs too)."""
+    rot = rotate_settings(target, rotate)
+    if rot.mode == "off":
+        return rot
+    try:
+        fused = source.format != "onnx" and source.task in OPTIMUM_TASKS and \
+            choose_writer(source, graph or target.export.graph) == "fused"
+    except UnsupportedError:
+        fused = False
+    if fused:
+        return rot
+    if rotate is None:
+        log.info("the target's rotation (%s) needs the fused writer: not applied to %s", rot.mode, source.spec)
+        return RotateSettings()
+    raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2 decoders from PyTorch), which "
+                           f"does not write {source.spec}; use --rotate off")
+
+
+def rotate_settings(target: Target, rotate: RotateSettings | str | None) -> RotateSettings:
+    """The rotation to apply: explicit settings, a mode name over the target's settings, or the target's."""
+    if isinstance(rotate, RotateSettings):
+        return rotate
+    base = target.export.rotate
+    if rotate is None:
+        return base
+    try:
+        return RotateSettings(**{**base.model_dump(), "mode": rotate})
+    except ValueError as exc:
+        raise InputError(f"--rotate {rotate!r}: expected off, residual, heads or full") from exc
+
+
+def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int, rot: RotateSettings) -> dict[str, Any]:
     from edgekit.export import fused
 
     raw.mkdir(parents=True)
-    info = fused.write(model, raw / MODEL_FILE, opset=opset)
+    info = fused.write(model, raw / MODEL_FILE, opset=opset, rotate=rot)
     for name in SIDE_FILES:
         if (source.path / name).is_file():
             shutil.copy2(source.path / name, raw / name)

@@ -24,6 +24,8 @@ from edgekit.errors import UnsupportedError
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from edgekit.specs import RotateSettings
+
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -61,11 +63,11 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
     return None
 
 
-def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
+def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | None = None) -> dict[str, Any]:
     """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`."""
     import onnx
 
-    from edgekit.export import stream
+    from edgekit.export import rotation, stream
 
     reason = unsupported_reason(model.config.model_type, model.config.to_dict())
     if reason:
@@ -73,6 +75,10 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
     shape = _shape(model.config)
     w = _Writer()
     spool = stream.Spool(out_file.parent)  # tensors go to disk layer by layer, not all held to the end
+    plan = None
+    if rotate is not None and rotate.mode != "off":
+        model, plan = rotation.apply(model, rotate)
+        w.down_hadamard = plan.down_hadamard
     _write_inputs(w, shape)
     hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
                     "/model/embed_tokens")
@@ -85,6 +91,8 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
         spool.take(w.inits)
     normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
     normed = _keep_last_positions(w, normed)
+    if plan is not None and plan.head_matrix is not None:
+        normed = w.linear(normed, plan.head_matrix, None, f"/model{rotation.ROTATE_MARK}norm_gain")
     lm_head = _np(model.lm_head.weight).T
     w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
     graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs)  # initializers: below
@@ -101,7 +109,8 @@ def write(model: Any, out_file: Path, *, opset: int) -> dict[str, Any]:
         stream.save(proto, w.inits, out_file, spool)
     log.info("fused writer: %d layers, %d nodes", shape.layers, len(w.nodes))
     return {"writer": "edgekit.fused", "nodes": len(w.nodes), "layers": shape.layers,
-            "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions}
+            "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions,
+            **({"rotation": plan.info} if plan is not None else {})}
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -198,6 +207,8 @@ def _write_layer(w: _Writer, layer: Any, i: int, s: Shape, residual: str, pendin
     up = w.linear(x2, _np(mlp.up_proj.weight).T, _bias(mlp.up_proj), f"{p}/mlp/up_proj")
     act = w.node("Mul", [gate, w.node("Sigmoid", [gate], f"{p}/mlp/act/Sigmoid")], f"{p}/mlp/act/Mul")
     down_in = w.node("Mul", [act, up], f"{p}/mlp/Mul")
+    if w.down_hadamard is not None:
+        down_in = w.block_hadamard(down_in, *w.down_hadamard, f"{p}/mlp/rotate/hadamard")
     down = w.linear(down_in, _np(mlp.down_proj.weight).T, _bias(mlp.down_proj), f"{p}/mlp/down_proj")
     return residual, down
 
@@ -214,6 +225,8 @@ class _Writer:
         self.inits: list[Any] = []
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
+        # (left [m, m] or None, right [B, B]): online before down_proj (edgekit.export.rotation)
+        self.down_hadamard: tuple[np.ndarray | None, np.ndarray] | None = None
 
     def init_named(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -225,7 +238,10 @@ class _Writer:
         return self.init_named(name.strip("/").replace("/", "."), array)
 
     def const(self, name: str, array: np.ndarray) -> str:
-        return self.init_named(f"/const/{name}", array)
+        full = f"/const/{name}"
+        if any(i.name == full for i in self.inits):  # shared by every layer that asks for it
+            return full
+        return self.init_named(full, array)
 
     def node(self, op: str, inputs: list[str], name: str, *, out: str | None = None, domain: str = "",
              extra_out: list[str] | None = None, **attrs: Any) -> str:
@@ -248,3 +264,14 @@ class _Writer:
         self.nodes.append(helper.make_node("SkipSimplifiedLayerNormalization", inputs, [normed, "", "", summed],
                                            name=name, domain=MS, epsilon=eps))
         return normed, summed
+
+    def block_hadamard(self, x: str, left: np.ndarray | None, right: np.ndarray, name: str) -> str:
+        """x [batch, seq, m·B] as [.., m, B] → (left ·) x · right: float MatMuls of B (and m) columns, not m·B."""
+        b = right.shape[0]
+        blocks = self.node("Reshape", [x, self.const(f"blocks{b}", np.asarray([0, 0, -1, b], dtype=np.int64))],
+                           f"{name}/Reshape")
+        mixed = self.node("MatMul", [blocks, self.init(f"{name}.weight", right)], f"{name}/MatMul")
+        if left is not None:
+            mixed = self.node("MatMul", [self.init(f"{name}.left", left), mixed], f"{name}/MatMulLeft")
+        return self.node("Reshape", [mixed, self.const("flat3", np.asarray([0, 0, -1], dtype=np.int64))],
+                         f"{name}/Flatten")

@@ -2,21 +2,25 @@
 
 1. Candidate space from the target's methods and their knobs (int4 block sizes, …).
 2. Cheap pruning: size and roofline estimates from the parameter count rule out what cannot meet the budget.
-3. Export once; compress, bench and gate the rest, cheapest first, until the time budget ends.
-4. Rank: the smallest passing model (ties → lowest fidelity loss); a Pareto front over size, speed, fidelity.
+3. The source's outputs on the eval text once (cached: bench/sourceref.py); export once per target.
+4. Compress + fidelity on an executor (fit/executors.py: inline, process pool, Ray), cheapest first, shared by the
+   profiles of one target; then latency serially on this host, per profile; gate (fit/search.py).
+5. Rank: the smallest passing model (ties → lowest fidelity loss); a Pareto front over size, speed, fidelity.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgekit.records import Report, set_sanity
+from edgekit.records import Report
 from edgekit.source import SourceModel, read_safetensors_header
 from edgekit.specs import Profile, Target
+
+if TYPE_CHECKING:
+    from edgekit.bench.sourceref import SourceOutputs
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class EvalOptions:
 class Outcome:
     candidate: Candidate
     estimate: dict[str, float | None]
-    status: str = "pending"  # pruned | skipped | failed | rejected | passed | chosen
+    status: str = "pending"  # pruned | skipped | failed | benched (fidelity only) | rejected | passed | chosen
     reason: str = ""
     figures: dict[str, float | None] = field(default_factory=dict)
     failed_rules: list[dict[str, Any]] = field(default_factory=list)
@@ -57,12 +61,18 @@ class Outcome:
     report: dict[str, Any] | None = None
     gate: Any = None
     pareto: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # compress + fidelity, on its worker
+    quality: dict[str, Any] | None = None
+    worker: dict[str, Any] | None = None
+    latency_seconds: float = 0.0  # on the driver
+    latency_profile: str = ""  # the profile whose host measurement this is (shared by equal workloads)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.candidate.label, "method": self.candidate.method, "options": dict(self.candidate.options),
                 "status": self.status, "reason": self.reason, "estimate": self.estimate, "figures": self.figures,
-                "failed_rules": self.failed_rules, "pareto": self.pareto, "seconds": round(self.seconds, 1)}
+                "failed_rules": self.failed_rules, "pareto": self.pareto, "seconds": round(self.seconds, 1),
+                "latency_seconds": round(self.latency_seconds, 1), "latency_measured_for": self.latency_profile or None,
+                "fidelity_worker": self.worker}
 
 
 def candidate_space(target: Target, methods: list[str] | None = None) -> list[Candidate]:
@@ -172,16 +182,19 @@ def figures(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def evaluate(c: Candidate, exported: Path, source: SourceModel, profile: Profile, target: Target, work: Path,
-             opts: EvalOptions) -> tuple[Path, dict[str, Any]]:
-    """Compress + bench one candidate (runs in a worker process when --workers > 1)."""
+             opts: EvalOptions, outputs: SourceOutputs) -> tuple[Path, dict[str, Any]]:
+    """Compress one candidate and check its fidelity against the source's cached outputs (runs on a worker)."""
     from edgekit.artifact import OnnxArtifact
-    from edgekit.bench import bench
+    from edgekit.bench.core import bench_quality
     from edgekit.compress import compress
 
     artifact = OnnxArtifact.load(exported)
     variant = (artifact if c.method == "fp32"
                else compress(artifact, c.method, target, work, calibration=opts.calibration, **dict(c.options)))
-    return variant.path, dict(bench(variant, source, profile, **opts.bench))
+    keys = ("eval_data", "eval_tokens", "decode_prompts")
+    quality = bench_quality(variant, source, profile, outputs=outputs,
+                            **{k: v for k, v in opts.bench.items() if k in keys})
+    return variant.path, quality
 
 
 def _loss(o: Outcome) -> float:
@@ -236,6 +249,7 @@ class FitResult:
     chosen: Outcome | None
     nearest: Outcome | None
     bundle: Path | None
+    profile: str = ""
 
     @property
     def passed(self) -> bool:
@@ -245,52 +259,13 @@ class FitResult:
 def fit(source_spec: str, profile: Profile, out: Path | str, *, methods: list[str] | None = None,
         max_candidates: int = 12, time_budget_min: float = 60.0, workers: int = 1,
         bench_options: dict[str, Any] | None = None, calibration: Path | None = None,
-        command: str = "", allow_implausible_source: bool = False) -> FitResult:
+        command: str = "", allow_implausible_source: bool = False, executor: str = "local",
+        address: str | None = None) -> FitResult:
     """Search the candidate space; write the chosen bundle (or the nearest miss, marked failed) at `out`."""
-    import shutil
-    import tempfile
+    from edgekit.fit.executors import ExecutorSpec
+    from edgekit.fit.run import FitOptions, fit_profiles
 
-    from edgekit.catalog import check_method, load_target
-    from edgekit.export import export
-    from edgekit.fit.report import write_fit_files
-    from edgekit.fit.search import search
-    from edgekit.pipeline import BuildOptions, BundleJob, check_text_files, checked_source, write_outputs
-    from edgekit.util import exclusive
-
-    out = Path(out)
-    target = load_target(profile.target)
-    for m in methods or []:
-        check_method(m, target, where="--methods")
-    check_text_files((bench_options or {}).get("eval_data"), calibration)
-    deadline = time.monotonic() + time_budget_min * 60
-    eval_data = (bench_options or {}).get("eval_data")
-    source, sanity = checked_source(source_spec, BuildOptions(eval_data=eval_data,
-                                                              allow_implausible_source=allow_implausible_source))
-    embed, other = parameter_split(source)
-    outcomes = [Outcome(c, estimate(c, embed, other, profile, source.config)) for c in candidate_space(target, methods)]
-    for o in outcomes:
-        prune(o, profile, source.task)
-    with exclusive(out):
-        # Absolute: quantizers run tools inside their own temp folders, where a relative path breaks.
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent)).resolve()
-        try:
-            exported = export(source, target, work / "export").path
-            search(outcomes, exported, source, profile, target, work, deadline=deadline, max_candidates=max_candidates,
-                   workers=workers, opts=EvalOptions(bench_options or {}, calibration))
-            mark_pareto(outcomes)
-            chosen = choose(outcomes)
-            nearest = None if chosen else nearest_miss(outcomes)
-            pick = chosen or nearest
-            bundle = None
-            if pick is not None and pick.folder is not None and pick.report is not None:
-                from edgekit.artifact import OnnxArtifact
-
-                files = write_fit_files(outcomes, chosen, nearest, profile, work / "fit")
-                report = {**pick.report, "gate": pick.gate.to_dict()}
-                set_sanity(report, sanity)
-                job = BundleJob(OnnxArtifact.load(pick.folder), report, pick.gate, profile, target,
-                                pick.candidate.method, extra_files=files)
-                bundle = write_outputs(job, out, BuildOptions(command=command, calibration=calibration))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return FitResult(outcomes, chosen, nearest, bundle)
+    opts = FitOptions(methods=methods, max_candidates=max_candidates, time_budget_min=time_budget_min,
+                      executor=ExecutorSpec(executor, workers, address), bench_options=bench_options or {},
+                      calibration=calibration, command=command, allow_implausible_source=allow_implausible_source)
+    return fit_profiles(source_spec, [profile], Path(out), opts)[0]

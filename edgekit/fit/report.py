@@ -69,11 +69,15 @@ def pareto_png(outcomes: list[Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_fit_files(outcomes: list[Any], chosen: Outcome | None, nearest: Outcome | None, profile: Profile, folder: Path) -> dict[str, Path]:
+def write_fit_files(outcomes: list[Any], chosen: Outcome | None, nearest: Outcome | None, profile: Profile, folder: Path,
+                    context: dict[str, Any] | None = None) -> dict[str, Path]:
+    """`context`: how the fit ran: executor and its workers, the source outputs (cache key, hit), which host
+    timed latency (`latency_host`; each candidate's `fidelity_worker` says where its fidelity ran)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = {"schema": "edgekit/fit@1", "profile": profile.name,
             "chosen": chosen.candidate.label if chosen else None,
             "nearest_miss": {"label": nearest.candidate.label, "reason": nearest.reason} if nearest else None,
+            **(context or {}),
             "candidates": [o.to_dict() for o in outcomes]}
     files = {"fit.json": folder / "fit.json", "fit.md": folder / "fit.md", "fit.png": folder / "fit.png"}
     files["fit.json"].write_text(json.dumps(data, indent=2, default=str))

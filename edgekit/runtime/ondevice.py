@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from edgekit.bundle import reference as refmod
 from edgekit.errors import InputError
+from edgekit.util import peak_rss_mb, write_atomic
 
 if TYPE_CHECKING:
     from edgekit.runtime import Decoder
@@ -86,11 +86,6 @@ def speed(decoder: Decoder, prompt: list[int], new_tokens: int, runs: int) -> di
     for m in metrics.values():
         m["estimated"] = False
     return metrics
-
-
-def peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
 def machine() -> dict[str, Any]:
@@ -216,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    args.out.write_text(json.dumps(result))
+    write_atomic(args.out, json.dumps(result))
     return 0
 
 

@@ -84,6 +84,10 @@ def tiny_bundle(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: 
 def test_tiny_bundle_generates_the_same_tokens_in_genai(tiny_bundle, arch: str, method: str) -> None:  # type: ignore[no-untyped-def]
     assert og.__version__ == GENAI_VERSION
     bundle = tiny_bundle(arch, method)
+    # int8-weight builds rotate by default (online Hadamard nodes in the graph): GenAI must run them alike.
+    rotation = json.loads((bundle / "edgekit.json").read_text())["settings"]["export"]["rotation"]
+    assert rotation["mode"] == ("full" if method == "int8-weight" else "off")
+    assert json.loads((bundle / "build.json").read_text())["settings"]["rotation"] == rotation
     produced = assert_same_tokens(bundle)
     # A random model may hit EOS (token 0) early; at least one prompt must run the whole 32-step decode loop.
     assert max(len(t) for t in produced.values()) == NEW_TOKENS

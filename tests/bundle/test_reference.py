@@ -73,7 +73,9 @@ def test_reference_file_is_checked(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def bundle(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("ref") / "bundle"
-    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), *FAST)
+    # --rotate off: the gate below must pass, and on this random-weight model the 0.9 top-1 floor is decided by one
+    # of 45 tokens, which the default int8-weight rotation redraws (tests/export/test_rotation.py covers rotation).
+    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), "--rotate", "off", *FAST)
     assert res.returncode == 0, res.stderr
     return out
 

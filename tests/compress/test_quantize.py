@@ -16,7 +16,7 @@ from edgekit.catalog import load_target
 from edgekit.compress import checks, compress, graph, method_spec
 from edgekit.compress.calibration import decoder_feeds, token_sequences
 from edgekit.compress.checks import TOP1_FLOOR
-from edgekit.compress.specs import DynamicInt8Spec, WeightOnlySpec
+from edgekit.compress.specs import DynamicInt8Spec, StaticInt8Spec, WeightOnlySpec
 from edgekit.data import load_texts
 from edgekit.errors import ConfigError, InputError, UnsupportedError
 from edgekit.runtime import Decoder, make_session
@@ -196,7 +196,10 @@ def test_agreeing_variant_has_no_warning(exported: Any, tmp_path: Path) -> None:
 
 
 def test_target_defaults_and_overrides() -> None:
-    assert method_spec("int8-dynamic", AVX2) == DynamicInt8Spec(weight_type="qint8", per_channel=True, reduce_range=True)
+    # AVX2: u8u8 with all 8 weight bits for dynamic int8; static int8 keeps u8s8 with reduce_range.
+    assert method_spec("int8-dynamic", AVX2) == DynamicInt8Spec(weight_type="quint8", per_channel=True, reduce_range=False)
+    static = method_spec("int8-static", AVX2)
+    assert isinstance(static, StaticInt8Spec) and (static.weight_type, static.reduce_range) == ("qint8", True)
     assert isinstance(arm := method_spec("int8-dynamic", load_target("arm64")), DynamicInt8Spec)
     assert arm.reduce_range is False
     hqq = method_spec("int4-hqq", AVX2, block_size=16)
