@@ -18,9 +18,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 GENAI_VERSION = "0.15.2"
 TARGET = "x86-avx2"
-# optimum's highest CPU level: O3 adds the GELU approximation and attention fusion to O2 (O4 is O3 + fp16,
-# for GPUs). The cosine column shows what the approximation costs.
-OPTIMUM_OPTIMIZE = "O3"
+# optimum's CPU optimization levels, strongest first (O4 is O3 + fp16, for GPUs). O2/O3 fuse Attention, which
+# `onnxruntime quantize` 1.32 cannot type ("Unable to find data type for weight_name"), so run.py takes the
+# strongest level whose export the quantizer accepts.
+OPTIMUM_LEVELS = ("O3", "O2", "O1")
 
 
 def cache_root() -> Path:

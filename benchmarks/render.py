@@ -283,7 +283,12 @@ def _llm_sections(r: dict[str, Any]) -> list[str]:
 
 
 def _enc_sections(r: dict[str, Any]) -> list[str]:
-    out = []
+    peer = next((v for v in r["encoder"] if v.get("levels_refused")), None)
+    out = (
+        [f"Stronger optimize levels the quantizer refused: {'; '.join(peer['levels_refused'])[:400]}", ""]
+        if peer
+        else []
+    )
     for t in r["settings"]["threads"]:
         out += [f"### {t} thread{'s' if t > 1 else ''}", "", *enc_table(r["encoder"], t), ""]
     return out
@@ -306,7 +311,7 @@ def markdown(r: dict[str, Any], png: str) -> str:
         "",
         f"{s['prompt_tokens']}-token prompt (the same token ids for every engine), {s['new_tokens']} new tokens, greedy, "
         f"each engine in its own runtime loop and process. {s['rounds']} interleaved rounds, each visiting every "
-        f"(variant, threads) cell once in an order rotated by one per round, {s['runs_per_round']} timed runs per "
+        f"(variant, threads) cell once in an order rotated by (cells / rounds) per round, {s['runs_per_round']} timed runs per "
         f"visit after a warm-up: {n} samples per cell, medians shown. Ratios are against PyTorch at the same thread "
         "count, with 95 % intervals that resample whole rounds. Fidelity vs PyTorch fp32 on "
         f"{s['fidelity_tokens']} held-out tokens (windows of 256 from independent documents, "

@@ -1,7 +1,7 @@
 """How run.py measures: worker processes, the fidelity pass, and interleaved timing rounds.
 
-A *cell* is one variant at one thread count. Every round visits every cell once, in an order rotated by one
-per round, each in a fresh process; samples keep their round number so a ratio's interval can resample
+A *cell* is one variant at one thread count. Every round visits every cell once, in an order rotated by
+len/rounds per round, each in a fresh process; samples keep their round number so a ratio's interval can resample
 whole rounds (host noise within a round hits both sides of a ratio alike). Each round records the host's
 load average and ISA flags when it starts.
 """
@@ -94,7 +94,8 @@ def fidelity_pass(variants: list[dict[str, Any]], spec: dict[str, Any], tmp: Pat
         print(f"  fidelity reference FAILED: {exc}", flush=True)
         return
     for v in variants:
-        if v.get("baseline") or v["status"] != "ok":
+        # onnxruntime-genai exposes no full-sequence logits: genai_fidelity() lends it its graph's, after the rounds.
+        if v.get("baseline") or v["status"] != "ok" or v["engine"] == "genai-gen":
             continue
         got = tmp / "variant_logits.npy"
         t0 = time.perf_counter()
@@ -131,7 +132,8 @@ def timing_rounds(
     records = []
     for r in range(args.rounds):
         live = [c for c in cells if c["status"] == "ok"]
-        k = r % len(live) if live else 0
+        # Rotate by len/rounds, not by one: over the run each cell starts, ends and sits mid-round.
+        k = (r * max(1, len(live) // args.rounds)) % len(live) if live else 0
         order = live[k:] + live[:k]
         rec = round_record(r + 1, order)
         t0 = time.perf_counter()
