@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import analysis  # noqa: E402
+import analysis
 
 
 def test_ratio_of_medians_with_round_interval() -> None:
