@@ -123,3 +123,42 @@ def cosine(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     b = other / np.linalg.norm(other, axis=1, keepdims=True)
     cos = (a * b).sum(1)
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "n": len(cos)}
+
+
+def ratio_ci(
+    num: list[float],
+    num_rounds: list[int],
+    den: list[float],
+    den_rounds: list[int],
+    *,
+    samples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float | int] | None:
+    """median(num) / median(den) with a 95 % percentile bootstrap interval that resamples whole rounds.
+
+    Both sides ran in the same rounds, so a round drawn twice brings both sides' samples twice: noise that hit a
+    whole round (another user's job) moves numerator and denominator together, as it did in the run.
+    """
+    rounds = sorted(set(num_rounds) & set(den_rounds))
+    if not rounds or not num or not den:
+        return None
+    n, nr = np.asarray(num, float), np.asarray(num_rounds)
+    d, dr = np.asarray(den, float), np.asarray(den_rounds)
+    by_n = {r: n[nr == r] for r in rounds}
+    by_d = {r: d[dr == r] for r in rounds}
+    value = float(np.median(n) / np.median(d))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(samples):
+        pick = rng.choice(rounds, len(rounds))
+        draws.append(
+            np.median(np.concatenate([by_n[r] for r in pick]))
+            / np.median(np.concatenate([by_d[r] for r in pick]))
+        )
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {
+        "value": value,
+        "ci95_low": float(min(low, value)),
+        "ci95_high": float(max(high, value)),
+        "rounds": len(rounds),
+    }

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-GENAI_VENV = HERE / ".venv-genai"
 GENAI_VERSION = "0.15.2"
 TARGET = "x86-avx2"
+# optimum's CPU optimization levels, strongest first (O4 is O3 + fp16, for GPUs). O2/O3 fuse Attention, which
+# `onnxruntime quantize` 1.32 cannot type ("Unable to find data type for weight_name"), so run.py takes the
+# strongest level whose export the quantizer accepts.
+OPTIMUM_LEVELS = ("O3", "O2", "O1")
 
 
 def cache_root() -> Path:
@@ -65,7 +68,9 @@ def edgekit_fp32(source: Any, name: str, graph: str = "auto") -> Path:
     from edgekit.export import export
 
     # Parity is skipped here: run.py measures every variant's fidelity against PyTorch itself.
-    return cached(name, lambda tmp: export(source, load_target(TARGET), tmp, parity=False, graph=graph) and None)
+    return cached(
+        name, lambda tmp: export(source, load_target(TARGET), tmp, parity=False, graph=graph) and None
+    )
 
 
 def edgekit_compressed(fp32: Path, method: str, name: str) -> Path:
@@ -79,13 +84,19 @@ def edgekit_compressed(fp32: Path, method: str, name: str) -> Path:
     return cached(name, build)
 
 
+def genai_venv() -> Path:
+    """onnxruntime-genai's venv, beside the other peers' under the bench cache, named by its version."""
+    return cache_root() / f"venv-genai-{GENAI_VERSION}"
+
+
 def genai_python() -> Path:
     """The separate venv's interpreter, created on first use.
 
     It layers over the main venv's site-packages (a .pth file) so torch/transformers are not installed twice;
     its own site-packages come first, so only onnxruntime-genai (and anything it pins) is its own.
     """
-    py = GENAI_VENV / "bin" / "python"
+    venv = genai_venv()
+    py = venv / "bin" / "python"
     try:
         subprocess.run(
             [str(py), "-c", f"import onnxruntime_genai as g; assert g.__version__ == '{GENAI_VERSION}'"],
@@ -97,11 +108,11 @@ def genai_python() -> Path:
     except (OSError, subprocess.CalledProcessError):
         pass
     log = cache_root() / "genai-install.log"
-    _run([sys.executable, "-m", "venv", str(GENAI_VENV)], log)
-    site = next((GENAI_VENV / "lib").glob("python3*/site-packages"))
+    _run([sys.executable, "-m", "venv", str(venv)], log)
+    site = next((venv / "lib").glob("python3*/site-packages"))
     main_site = next((Path(sys.prefix) / "lib").glob("python3*/site-packages"))
     (site / "zz_main_venv.pth").write_text(str(main_site) + "\n")
-    _run([str(GENAI_VENV / "bin" / "pip"), "install", "-q", f"onnxruntime-genai=={GENAI_VERSION}"], log)
+    _run([str(venv / "bin" / "pip"), "install", "-q", f"onnxruntime-genai=={GENAI_VERSION}"], log)
     return py
 
 
@@ -139,27 +150,46 @@ def genai_int4(hf: Path) -> Path:
     return cached("genai-int4", build)
 
 
-def optimum_fp32(hf: Path) -> Path:
+def optimum_fp32(hf: Path, optimize: str | None = None) -> Path:
     exe = Path(sys.executable).with_name("optimum-cli")
+    extra = ["--optimize", optimize] if optimize else []
     return cached(
-        "minilm-optimum-fp32",
+        f"minilm-optimum-fp32{'-' + optimize if optimize else ''}",
         lambda tmp: _run(
-            [str(exe), "export", "onnx", "-m", str(hf), "--task", "feature-extraction", str(tmp)],
+            [str(exe), "export", "onnx", "-m", str(hf), "--task", "feature-extraction", *extra, str(tmp)],
             cache_root() / "optimum.log",
         ),
     )
 
 
-def optimum_avx2(fp32: Path) -> Path:
+def optimum_preset(isa: list[str]) -> str:
+    """optimum-cli's strongest quantize preset this host runs: VNNI int8 dot products when it has them."""
+    if "avx512_vnni" in isa:
+        return "avx512_vnni"
+    return "avx512" if "avx512f" in isa else "avx2"
+
+
+def optimum_quantized(fp32: Path, preset: str) -> Path:
+    """`optimum-cli onnxruntime quantize --<preset> --per_channel`: per-channel scales, its most faithful."""
     exe = Path(sys.executable).with_name("optimum-cli")
 
     def build(tmp: Path) -> None:
         _run(
-            [str(exe), "onnxruntime", "quantize", "--onnx_model", str(fp32), "--avx2", "-o", str(tmp)],
+            [
+                str(exe),
+                "onnxruntime",
+                "quantize",
+                "--onnx_model",
+                str(fp32),
+                f"--{preset}",
+                "--per_channel",
+                "-o",
+                str(tmp),
+            ],
             cache_root() / "optimum.log",
         )
 
-    return cached("minilm-optimum-avx2", build, marker="*quantized.onnx")
+    return cached(f"{fp32.name}-{preset}-per-channel", build, marker="*quantized.onnx")
 
 
 def model_file(folder: Path) -> Path:

@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +23,43 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _torch() -> Any:
+def _threads(spec: dict[str, Any]) -> int:
+    return int(spec.get("threads") or 1)
+
+
+def _torch(threads: int = 1) -> Any:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     return torch
 
 
-def torch_gen(spec: dict[str, Any]) -> dict[str, Any]:
-    torch = _torch()
-    from transformers import AutoModelForCausalLM
-    from transformers.generation.streamers import BaseStreamer
+def save_logits(per_window: Iterator[np.ndarray], windows: list[list[int]], path: str) -> None:
+    """Write each window's logits but the last row (it predicts nothing we hold) into one [n, vocab] npy,
+    window after window, so the whole set (4,096 × 49,152 floats) is never in memory at once."""
+    n = sum(len(w) - 1 for w in windows)
+    out: Any = None
+    row = 0
+    for w, lg in zip(windows, per_window, strict=True):
+        if lg.shape[0] != len(w):
+            raise RuntimeError(
+                f"{lg.shape[0]} logit rows for a {len(w)}-token window (last-token logits only?)"
+            )
+        if out is None:
+            out = np.lib.format.open_memmap(
+                path + ".tmp.npy", mode="w+", dtype=np.float32, shape=(n, lg.shape[1])
+            )
+        out[row : row + len(w) - 1] = lg[:-1]
+        row += len(w) - 1
+    out.flush()
+    del out
+    os.replace(path + ".tmp.npy", path)
 
-    model = AutoModelForCausalLM.from_pretrained(spec["hf"], torch_dtype=torch.float32).eval()
-    stamps: list[float] = []
+
+def clock_streamer(stamps: list[float]) -> Any:
+    """A transformers streamer that stamps the time of every put() (the prompt once, then each new token)."""
+    from transformers.generation.streamers import BaseStreamer
 
     class Clock(BaseStreamer):  # type: ignore[misc]
         def put(self, value: Any) -> None:
@@ -45,54 +68,65 @@ def torch_gen(spec: dict[str, Any]) -> dict[str, Any]:
         def end(self) -> None:
             pass
 
+    return Clock()
+
+
+def hf_generate_loop(model: Any, torch: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """transformers' generate on any model class that has it (PyTorch, optimum-intel's OpenVINO model)."""
+    stamps: list[float] = []
     ids = torch.tensor([spec["prompt"]], dtype=torch.long)
     n = int(spec["new_tokens"])
     ttft, tps = [], []
-    with torch.inference_mode():
-        for i in range(spec["runs"] + 1):
-            stamps.clear()
-            t0 = time.perf_counter()
-            model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                streamer=Clock(),
-                pad_token_id=0,
-            )
-            # put() is called once with the prompt, then once per new token.
-            new = stamps[1:]
-            if i == 0:
-                continue  # warm-up
+    for i in range(spec["runs"] + 1):
+        stamps.clear()
+        t0 = time.perf_counter()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            streamer=clock_streamer(stamps),
+            pad_token_id=0,
+        )
+        new = stamps[1:]  # put() gets the prompt first
+        if i:  # run 0 warms up
             ttft.append(new[0] - t0)
             tps.append((len(new) - 1) / (new[-1] - new[0]))
-        out = {"ttft_s": ttft, "decode_tps": tps}
-        if spec.get("fidelity_out"):
-            logits = [
-                model(torch.tensor([w], dtype=torch.long)).logits[0].float().numpy() for w in spec["windows"]
-            ]
-            np.save(spec["fidelity_out"], np.concatenate([lg[:-1] for lg in logits]).astype(np.float32))
-    return out
+    return {"ttft_s": ttft, "decode_tps": tps, "tokens": [int(t) for t in out[0, len(spec["prompt"]) :]]}
+
+
+def torch_gen(spec: dict[str, Any]) -> dict[str, Any]:
+    torch = _torch(_threads(spec))
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(spec["hf"], torch_dtype=torch.float32).eval()
+    with torch.inference_mode():
+        if spec.get("logits_out"):
+            wins = spec["windows"]
+            gen = (model(torch.tensor([w], dtype=torch.long)).logits[0].float().numpy() for w in wins)
+            save_logits(gen, wins, spec["logits_out"])
+            return {}
+        return hf_generate_loop(model, torch, spec)
 
 
 def ort_gen(spec: dict[str, Any]) -> dict[str, Any]:
     from edgekit.runtime import Decoder, make_session
 
-    dec = Decoder(make_session(Path(spec["model"]), threads=1))
+    dec = Decoder(make_session(Path(spec["model"]), threads=_threads(spec)))
     genai_cfg = Path(spec["model"]).parent / "genai_config.json"
     if genai_cfg.is_file():
         _fix_head_dim(dec, json.loads(genai_cfg.read_text())["model"]["decoder"]["head_size"])
+    if spec.get("logits_out"):
+        save_logits((dec.logits(w) for w in spec["windows"]), spec["windows"], spec["logits_out"])
+        return {}
     ttft, tps = [], []
     for i in range(spec["runs"] + 1):
         res = dec.generate(spec["prompt"], int(spec["new_tokens"]))
         if i:
             ttft.append(res.ttft_s)
             tps.append(len(res.step_s) / sum(res.step_s))
-    out: dict[str, Any] = {"ttft_s": ttft, "decode_tps": tps, "tokens": [int(t) for t in res.tokens]}
-    if spec.get("fidelity_ref") and Path(spec["fidelity_ref"]).is_file():
-        out["fidelity"] = _fidelity(dec, spec)
-    return out
+    return {"ttft_s": ttft, "decode_tps": tps, "tokens": [int(t) for t in res.tokens]}
 
 
 def _fix_head_dim(dec: Any, head_size: int) -> None:
@@ -103,19 +137,14 @@ def _fix_head_dim(dec: Any, head_size: int) -> None:
     ]
 
 
-def _fidelity(dec: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    from edgekit.bench.fidelity import causal_stats, summarize_causal
-
-    ref = np.load(spec["fidelity_ref"])
-    got = np.concatenate([dec.logits(w)[:-1] for w in spec["windows"]])
-    nxt = np.concatenate([np.asarray(w[1:]) for w in spec["windows"]])
-    return summarize_causal(causal_stats(ref, got, nxt))
-
-
 def genai_gen(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime_genai as og
 
-    model = og.Model(spec["model"])
+    cfg = og.Config(spec["model"])
+    t = _threads(spec)
+    opts = {"intra_op_num_threads": t, "inter_op_num_threads": 1}
+    cfg.overlay(json.dumps({"model": {"decoder": {"session_options": opts}}}))
+    model = og.Model(cfg)
     n, prompt = int(spec["new_tokens"]), spec["prompt"]
     ttft, tps = [], []
     for i in range(spec["runs"] + 1):
@@ -145,7 +174,7 @@ def _enc_batches(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def torch_enc(spec: dict[str, Any]) -> dict[str, Any]:
-    torch = _torch()
+    torch = _torch(_threads(spec))
     from transformers import AutoModel
 
     from edgekit.runtime import pool
@@ -164,7 +193,7 @@ def torch_enc(spec: dict[str, Any]) -> dict[str, Any]:
 def ort_enc(spec: dict[str, Any]) -> dict[str, Any]:
     from edgekit.runtime import Encoder, make_session
 
-    enc = Encoder(make_session(Path(spec["model"]), threads=1), "feature-extraction")
+    enc = Encoder(make_session(Path(spec["model"]), threads=_threads(spec)), "feature-extraction")
     ids, mask = _enc_batches(spec)
     return _enc_loop(lambda b: enc.run(ids[b], mask[b]), spec, len(ids))
 
@@ -201,10 +230,18 @@ ENGINES = {
 }
 
 
+def _engine(name: str) -> Any:
+    if name in ENGINES:
+        return ENGINES[name]
+    import peer_engines  # llama.cpp / OpenVINO: only importable in their own venvs
+
+    return peer_engines.ENGINES[name]
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     t0 = time.perf_counter()
-    out = ENGINES[spec["engine"]](spec)
+    out = _engine(spec["engine"])(spec)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     for key in ("ttft_s", "decode_tps", "latency_s"):
         if out.get(key):
