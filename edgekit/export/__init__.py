@@ -97,13 +97,18 @@ def _write_graph(source: SourceModel, writer: str, raw: Path, opset: int, record
     They are computed while the model is loaded anyway (the fused writer reads it; optimum loads a copy of its own,
     so that path loads ours after it), and the model is freed before any ONNX session opens."""
     model = source.load_model() if writer == "fused" else None
+    # A rotating writer changes the model in place once the parity outputs of the original are taken (a copy
+    # would hold the fp32 model twice: SmolLM2's export peak 2,157 vs ~1,670 MB).
+    consume = writer == "fused" and rot.mode != "off"
+    reference = _torch_reference(source, model) if parity and consume else None
     with progress.stage(f"export: onnx graph ({writer})"):
         if writer == "fused":
-            record["graph"] = _fused_export(source, model, raw, opset, rot)
+            record["graph"] = _fused_export(source, model, raw, opset, rot, consume=consume)
             record["rotation"] = record["graph"].get("rotation", record["rotation"])
         else:
             _optimum_export(source, raw, opset)
-    reference = _torch_reference(source, model) if parity else None
+    if parity and reference is None:
+        reference = _torch_reference(source, model)
     del model
     release_memory()  # give its heap back before a session of the same size is created
     return reference
@@ -173,11 +178,12 @@ def rotate_settings(target: Target, rotate: RotateSettings | str | None) -> Rota
         raise InputError(f"--rotate {rotate!r}: expected off, residual, heads or full") from exc
 
 
-def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int, rot: RotateSettings) -> dict[str, Any]:
+def _fused_export(source: SourceModel, model: Any, raw: Path, opset: int, rot: RotateSettings, *,
+                  consume: bool = False) -> dict[str, Any]:
     from edgekit.export import fused
 
     raw.mkdir(parents=True)
-    info = fused.write(model, raw / MODEL_FILE, opset=opset, rotate=rot)
+    info = fused.write(model, raw / MODEL_FILE, opset=opset, rotate=rot, consume=consume)
     for name in SIDE_FILES:
         if (source.path / name).is_file():
             shutil.copy2(source.path / name, raw / name)

@@ -63,8 +63,10 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
     return None
 
 
-def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | None = None) -> dict[str, Any]:
-    """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`."""
+def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | None = None,
+          consume: bool = False) -> dict[str, Any]:
+    """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`; `consume`: the
+    caller no longer needs `model`, so a rotation may change it in place instead of copying it."""
     import onnx
 
     from edgekit.export import rotation, stream
@@ -77,7 +79,7 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
     spool = stream.Spool(out_file.parent)  # tensors go to disk layer by layer, not all held to the end
     plan = None
     if rotate is not None and rotate.mode != "off":
-        model, plan = rotation.apply(model, rotate)
+        model, plan = rotation.apply(model, rotate, in_place=consume)
         w.down_hadamard = plan.down_hadamard
     _write_inputs(w, shape)
     hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],

@@ -142,15 +142,16 @@ def check(model: Any, settings: RotateSettings) -> None:
                                f"the Hadamard block {settings.block}")
 
 
-def apply(model: Any, settings: RotateSettings) -> tuple[Any, Plan]:
-    """A rotated float copy of `model` (the original is untouched: parity compares against it) and the plan."""
+def apply(model: Any, settings: RotateSettings, *, in_place: bool = False) -> tuple[Any, Plan]:
+    """`model` rotated, and the plan: a float copy by default (parity compares against the original); `in_place`
+    rotates the model itself, for a caller that has its parity outputs already (a copy is 2x the model in RAM)."""
     import torch
 
     check(model, settings)
     cfg = model.config
     hidden = int(cfg.hidden_size)
     q, basis = residual_rotation(hidden, settings.basis, settings.seed)
-    rotated = copy.deepcopy(model)
+    rotated = model if in_place else copy.deepcopy(model)
     tied = rotated.lm_head.weight is rotated.model.embed_tokens.weight
     rotated.lm_head.weight = torch.nn.Parameter(rotated.lm_head.weight.detach().clone())  # written separately
     heads = settings.mode in ("heads", "full")
