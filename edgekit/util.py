@@ -66,6 +66,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -73,6 +74,14 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path}: {exc.strerror}") from exc
         raise
+
+
+def make_readable(path: Path | str) -> None:
+    """The mode a plain open() would give (0666 less the umask): mkstemp's 0600 would follow the file into a
+    bundle and its archive, unreadable to the service account on the device."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def peak_rss_mb() -> float:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from edgekit.errors import InputError, VerifyFailed
+from edgekit.util import make_readable
 
 
 def write_archive(folder: Path, dest: Path) -> Path:
@@ -24,6 +25,7 @@ def write_archive(folder: Path, dest: Path) -> Path:
         with tarfile.open(tmp_name, "w:gz") as tar:
             for path in sorted(folder.iterdir()):
                 tar.add(path, arcname=f"{top}/{path.name}", recursive=False)
+        make_readable(tmp_name)
         os.replace(tmp_name, dest)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
