@@ -73,13 +73,13 @@ def edgekit_fp32(source: Any, name: str, graph: str = "auto") -> Path:
     )
 
 
-def edgekit_compressed(fp32: Path, method: str, name: str) -> Path:
+def edgekit_compressed(fp32: Path, method: str, name: str, target: str = TARGET) -> Path:
     from edgekit.artifact import OnnxArtifact
     from edgekit.catalog import load_target
     from edgekit.compress import compress
 
     def build(tmp: Path) -> None:
-        compress(OnnxArtifact.load(fp32), method, load_target(TARGET), tmp, checks_enabled=False)
+        compress(OnnxArtifact.load(fp32), method, load_target(target), tmp, checks_enabled=False)
 
     return cached(name, build)
 
@@ -160,6 +160,12 @@ def optimum_fp32(hf: Path, optimize: str | None = None) -> Path:
             cache_root() / "optimum.log",
         ),
     )
+
+
+def host_target(isa: list[str]) -> str:
+    """edgekit's target for this host's ISA, as optimum gets its strongest preset: on a VNNI host the AVX2 target's
+    saturation-safe int8 (u8u8 dynamic, 7-bit static) would compare edgekit's weakest setting with optimum's best."""
+    return "x86-avx512-vnni" if "avx512_vnni" in isa else TARGET
 
 
 def optimum_preset(isa: list[str]) -> str:

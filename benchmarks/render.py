@@ -208,7 +208,7 @@ def targets_table(r: dict[str, Any]) -> list[str]:
         (
             v
             for v in r["encoder"]
-            if v["name"] == "edgekit int8-dynamic" and v.get("latency_ms_median") and v["threads"] == 1
+            if v["name"].startswith("edgekit int8-dynamic") and v.get("latency_ms_median") and v["threads"] == 1
         ),
         None,
     )

@@ -138,15 +138,18 @@ def enc_variants() -> tuple[list[dict[str, Any]], Any]:
     out = [_variant("PyTorch fp32", "enc", "torch-enc", hf=str(source.path), method="fp32", baseline=True)]
     fp32 = _variant("edgekit fp32", "enc", "ort-enc", method="fp32")
     _build(fp32, prepare.edgekit_fp32, source, "minilm-fp32")
-    opt32, best = _optimum_best(source.path, prepare.optimum_preset(host_info()["isa_flags"]))
-    int8 = _variant("edgekit int8-dynamic", "enc", "ort-enc", method="int8-dynamic")
+    isa = host_info()["isa_flags"]
+    opt32, best = _optimum_best(source.path, prepare.optimum_preset(isa))
+    target = prepare.host_target(isa)
+    int8 = _variant(f"edgekit int8-dynamic ({target})", "enc", "ort-enc", method="int8-dynamic")
     if fp32["status"] == "ok":
         _build(
             int8,
             prepare.edgekit_compressed,
             Path(fp32["model"]).parent,
             "int8-dynamic",
-            "minilm-int8-dynamic",
+            f"minilm-int8-dynamic-{target}",
+            target,
         )
     else:
         int8["status"], int8["error"] = "failed", "prepare: the fp32 export failed"
