@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": started,
         "wall_s": round(time.perf_counter() - t0, 1),
         "prepare_s": prepared_s,
-        "mode": "quick" if args.quick else "full",
+        # "full" only for the defaults `make bench` runs; any option makes it a custom run (the command says which).
+        "mode": "quick" if args.quick else ("custom" if (sys.argv[1:] if argv is None else argv) else "full"),
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {
             "prompt_tokens": PROMPT_TOKENS,
