@@ -227,6 +227,8 @@ class _Writer:
         self.inits: list[Any] = []
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
+        # Not looked up in `inits`: the writer spools those to disk after each layer (edgekit.export.stream).
+        self.const_names: set[str] = set()
         # (left [m, m] or None, right [B, B]): online before down_proj (edgekit.export.rotation)
         self.down_hadamard: tuple[np.ndarray | None, np.ndarray] | None = None
 
@@ -241,8 +243,9 @@ class _Writer:
 
     def const(self, name: str, array: np.ndarray) -> str:
         full = f"/const/{name}"
-        if any(i.name == full for i in self.inits):  # shared by every layer that asks for it
+        if full in self.const_names:  # shared by every layer that asks for it
             return full
+        self.const_names.add(full)
         return self.init_named(full, array)
 
     def node(self, op: str, inputs: list[str], name: str, *, out: str | None = None, domain: str = "",

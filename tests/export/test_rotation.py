@@ -58,6 +58,8 @@ def test_full_rotation_keeps_float_parity(name: str, block: int, tiny_model: Any
     assert record["rotation"]["mode"] == "full" and record["rotation"]["seed"] == 7
     assert record["rotation"]["basis"] == "hadamard"  # hidden 64: Sylvester
     g, g0 = _graph(rotated.path), _graph(plain.path)
+    names = [i.name for i in g.initializer]
+    assert len(names) == len(set(names))  # the per-layer Hadamard's shape constants are written once
     layers = src.config["num_hidden_layers"]
     online = [n for n in g.node if n.op_type == "MatMul" and "/mlp/rotate/" in n.name]
     assert len(online) == layers * (1 if block else 2)  # block 0: all channels, as two Kronecker factors
