@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from onnx import ModelProto, TensorProto
@@ -85,13 +85,13 @@ def save(model: ModelProto, inits: list[TensorProto], path: Path, spool: Spool |
         for chunk in (head.SerializeToString(), GRAPH_FIELD_TAG + varint(graph_len), graph):
             written += f.write(chunk)
         for data in spool.chunks() if spool else ():
-            written += f.write(INITIALIZER_FIELD_TAG + varint(len(data)))
-            written += f.write(data)
+            written += _write_initializer(f, data)
         inits.reverse()  # pop() from the end is O(1); reversed once so the file keeps the writer's order
         while inits:
-            tensor = inits.pop()
-            data = tensor.SerializeToString()
-            del tensor
-            written += f.write(INITIALIZER_FIELD_TAG + varint(len(data)))
-            written += f.write(data)
+            written += _write_initializer(f, inits.pop().SerializeToString())  # the tensor is freed here
     return written
+
+
+def _write_initializer(f: BinaryIO, data: bytes) -> int:
+    """One serialized TensorProto as a GraphProto.initializer field."""
+    return f.write(INITIALIZER_FIELD_TAG + varint(len(data))) + f.write(data)
