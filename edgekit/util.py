@@ -134,10 +134,6 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def dir_size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
-
-
 @contextlib.contextmanager
 def exclusive(out: Path) -> Iterator[None]:
     """Hold an exclusive lock for writing `out`: a second writer to the same path fails at once, clearly."""
