@@ -60,7 +60,6 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
              calibration: Path | str | None = None, calibration_samples: int = 16,
              max_top1_drop: float | None = None, checks_enabled: bool = True, **overrides: Any) -> OnnxArtifact:
     """Quantize `artifact` with `method` for `target` into `out` (written atomically) and return the result."""
-    import onnx
 
     from edgekit.catalog import check_method
 
@@ -83,9 +82,8 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
     with atomic_dir(out) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        base = onnx.load(str(artifact.model_file))
-        graph.ensure_names(base)
-        record["nodes"] = {"converted_gemm": graph.gemm_to_matmul(base) if spec.method != "fp16" else []}
+        base, converted = _parent_graph(artifact, spec)
+        record["nodes"] = {"converted_gemm": converted}
         job = _Job(artifact, spec, _plan(base, spec, artifact, work, feeds), None, seqs, feeds, tmp, record, t0,
                    graph.weight_nodes(base), {n.name for n in base.graph.node if n.op_type == "Attention"})
         if max_top1_drop is None:
@@ -93,11 +91,10 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
             # fp32 graph is in memory instead of two (0.6 GB for SmolLM2), and none during the checks.
             job.prepared = base
             del base
-            variant, check = _quantize_checked(job)
+            check = _quantize_checked(job)
         else:
-            variant, check = _quantize_checked(job)
-            variant, check = _fallback(job, base, check, max_top1_drop)
-        _finish(job, variant, check)
+            check = _fallback(job, base, _quantize_checked(job), max_top1_drop)
+        _finish(job, check)
         shutil.rmtree(work, ignore_errors=True)
     return OnnxArtifact.load(out)
 
@@ -143,20 +140,26 @@ def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Pat
                 gathers=[w.name for w in nodes if w.op == "Gather"])
 
 
-def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
+def _parent_graph(artifact: OnnxArtifact, spec: MethodSpec) -> tuple[ModelProto, list[str]]:
+    """The fp32 parent as the quantizers take it: every node named, Gemms as MatMuls (not for fp16); and which
+    Gemms were converted."""
+    import onnx
+
+    base = onnx.load(str(artifact.model_file))
+    graph.ensure_names(base)
+    return base, graph.gemm_to_matmul(base) if spec.method != "fp16" else []
+
+
+def _quantize_checked(job: _Job) -> dict[str, Any]:
     """Quantize `job.prepared` (the parent graph, names ensured and Gemms converted, consumed here) or else a fresh
     copy of the parent with `job.plan`, save it to `job.tmp`, and check it against the parent."""
-    import onnx
 
     from edgekit.runtime import make_session
 
     spec, artifact, tmp, record = job.spec, job.artifact, job.tmp, job.record
     base, job.prepared = job.prepared, None
     if base is None:
-        base = onnx.load(str(artifact.model_file))
-        graph.ensure_names(base)
-        if spec.method != "fp16":
-            graph.gemm_to_matmul(base)
+        base = _parent_graph(artifact, spec)[0]
     t = time.perf_counter()
     with progress.stage(f"compress: {spec.method}"):
         variant = run_handler(spec, base, job.plan)
@@ -180,16 +183,16 @@ def _quantize_checked(job: _Job) -> tuple[Any, dict[str, Any]]:
     with progress.stage("compress: accuracy check"):
         check = checks.agreement(job.parent, session, artifact.task, job.seqs, spec.method)
     check["session"] = session
-    return None, check
+    return check
 
 
-def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: float) -> tuple[Any, dict[str, Any]]:
+def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: float) -> dict[str, Any]:
     """Keep the most sensitive weight MatMuls in float, more each round, until top-1 drops at most `max_drop`."""
     spec, plan, record = job.spec, job.plan, job.record
     steps: list[dict[str, Any]] = [{"kept": 0, "score": checks.primary(check)}]
     record["fallback"] = {"max_top1_drop": max_drop, "steps": steps, "kept": [], "held": True}
     if 1 - checks.primary(check) <= max_drop:
-        return None, check
+        return check
     bits = spec.bits if isinstance(spec, WeightOnlySpec) else 8
     block = spec.block_size if isinstance(spec, WeightOnlySpec) else 128
     candidates = [w.name for w in graph.weight_nodes(base, ("MatMul",)) if w.name not in plan.exclude]
@@ -199,14 +202,13 @@ def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: floa
     # A 4-bit method falls back to 8 bit (near lossless, a quarter of fp32's bytes); others to float.
     to_int8 = isinstance(spec, WeightOnlySpec) and spec.bits == 4
     record["fallback"]["to"] = "int8" if to_int8 else "fp32"
-    variant = None
     for frac in FALLBACK_FRACTIONS:
         k = max(1, math.ceil(len(ranked) * frac))
         if to_int8:
             plan.upgrade = set(ranked[:k])
         else:
             plan.exclude = user_keep | set(ranked[:k])
-        variant, check = _quantize_checked(job)
+        check = _quantize_checked(job)
         steps.append({"kept": k, "score": checks.primary(check)})
         log.info("fallback: %d most sensitive MatMuls kept in float → %.4f", k, checks.primary(check))
         if 1 - checks.primary(check) <= max_drop:
@@ -218,10 +220,10 @@ def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: floa
                f"at {record['fallback']['to']}")
         log.warning(msg)
         record["warnings"].append(msg)
-    return variant, check
+    return check
 
 
-def _finish(job: _Job, variant: ModelProto | None, check: dict[str, Any]) -> None:
+def _finish(job: _Job, check: dict[str, Any]) -> None:
     """Write compress.json beside the variant: decisions, checks, speed, I/O, sizes, timings."""
     import onnx
 
@@ -234,8 +236,7 @@ def _finish(job: _Job, variant: ModelProto | None, check: dict[str, Any]) -> Non
     del session
     job.parent = None
     release_memory()
-    if variant is None:  # on disk (_quantize_checked frees its copy before the checks)
-        variant = onnx.load(str(tmp / MODEL_FILE))
+    variant = onnx.load(str(tmp / MODEL_FILE))  # read back: _quantize_checked freed its copy before the checks
     record["nodes"].update(_decisions(job, variant))
     record["ops"] = graph.op_counts(variant)
     record["check"] = check
