@@ -6,6 +6,7 @@ A folder is only cached once complete (built beside it, then renamed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,14 +64,45 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{cmd[0]} {' '.join(cmd[1:3])} ... exited {proc.returncode}: {tail[0][:300]}")
 
 
-def edgekit_fp32(source: Any, name: str, graph: str = "auto") -> Path:
+def edgekit_fingerprint() -> str:
+    """A hash of edgekit's code and target files: a cached edgekit build is reused only by the code that made it."""
+    import edgekit
+
+    root = Path(edgekit.__file__).resolve().parent
+    h = hashlib.sha256()
+    files = sorted(root.rglob("*.py")) + sorted((root.parent / "targets").glob("*.yaml"))
+    for f in files:
+        h.update(str(f.relative_to(root.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def edgekit_cached(name: str, build: Callable[[Path], None]) -> Path:
+    """cached() under `name-<fingerprint>`; builds of `name` by other code versions are removed."""
+    fp = edgekit_fingerprint()
+    for old in cache_root().glob(f"{name}-*"):
+        stem = old.name.removesuffix(".partial")
+        if stem.rsplit("-", 1)[0] == name and stem.rsplit("-", 1)[1] != fp and len(stem.rsplit("-", 1)[1]) == len(fp):
+            shutil.rmtree(old, ignore_errors=True)
+    return cached(f"{name}-{fp}", build)
+
+
+def edgekit_fp32(source: Any, name: str, graph: str = "auto", rotate: str = "off") -> Path:
     from edgekit.catalog import load_target
     from edgekit.export import export
 
     # Parity is skipped here: run.py measures every variant's fidelity against PyTorch itself.
-    return cached(
-        name, lambda tmp: export(source, load_target(TARGET), tmp, parity=False, graph=graph) and None
+    return edgekit_cached(
+        name,
+        lambda tmp: export(source, load_target(TARGET), tmp, parity=False, graph=graph, rotate=rotate) and None,
     )
+
+
+def method_rotation(method: str) -> str:
+    """The rotation `edgekit build --method METHOD` applies by default (the bench measures what users ship)."""
+    from edgekit.export.rotation import METHOD_DEFAULTS
+
+    return METHOD_DEFAULTS.get(method, "off")
 
 
 def edgekit_compressed(fp32: Path, method: str, name: str, target: str = TARGET) -> Path:
@@ -81,7 +113,7 @@ def edgekit_compressed(fp32: Path, method: str, name: str, target: str = TARGET)
     def build(tmp: Path) -> None:
         compress(OnnxArtifact.load(fp32), method, load_target(target), tmp, checks_enabled=False)
 
-    return cached(name, build)
+    return edgekit_cached(name, build)
 
 
 def genai_venv() -> Path:

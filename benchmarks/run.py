@@ -73,8 +73,14 @@ def llm_variants(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
     fp32 = _variant("edgekit fp32", "llm", "ort-gen", method="fp32")
     _build(fp32, prepare.edgekit_fp32, source, "smollm2-fused-fp32", "fused")
     out.append(fp32)
+    rotated: dict[str, dict[str, Any]] = {"off": fp32}
     for method in args.methods:
-        out.append(_compressed(f"edgekit {method}", fp32, method, f"smollm2-fused-{method}"))
+        # Each method from the export `edgekit build --method` makes (int8-weight's is rotated): what users ship.
+        mode = prepare.method_rotation(method)
+        if mode not in rotated:
+            rotated[mode] = _variant(f"edgekit fp32, rotation {mode}", "llm", "ort-gen", method="fp32")
+            _build(rotated[mode], prepare.edgekit_fp32, source, f"smollm2-fused-fp32-rot-{mode}", "fused", mode)
+        out.append(_compressed(f"edgekit {method}", rotated[mode], method, f"smollm2-fused-{method}"))
     if not args.skip_traced:
         # The same quantizer on optimum's traced graph: what the fused writer buys.
         traced = _variant("edgekit fp32, traced graph", "llm", "ort-gen", method="fp32")
