@@ -39,17 +39,19 @@ def compress(model: str, method: str, target_name: str, out: Path, task: str | N
     """Quantize MODEL (an exported folder, or a SOURCE exported first) for a target."""
     from edgekit.catalog import load_target
     from edgekit.compress import compress as run_compress
-    from edgekit.compress.specs import method_spec
+    from edgekit.compress.specs import is_rotated, method_spec
 
     if accuracy_level is not None and not (method.startswith("int4-") or method == "int8-weight"):
         raise click.BadParameter(f"applies to int8-weight and int4-* methods, not {method}", param_hint="--accuracy-level")
     target = load_target(target_name)
     keep = tuple(n.strip() for n in keep_fp.split(",") if n.strip()) if keep_fp else None
-    spec = method_spec(method, target, block_size=block_size, keep_fp=keep, accuracy_level=accuracy_level)
+    overrides: dict[str, Any] = {"block_size": block_size, "keep_fp": keep, "accuracy_level": accuracy_level}
+    method_spec(method, target, **overrides)  # bad options fail here, before any export
     options: dict[str, Any] = {"calibration": calibration, "calibration_samples": calibration_samples,
                                "max_top1_drop": max_top1_drop}
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
         artifact = _artifact(model, target, task, trust_remote_code, Path(tmp))
+        spec = method_spec(method, target, rotated=is_rotated(artifact.meta), **overrides)
         result = run_compress(artifact, spec, target, out, **options)
     meta = result.meta
     if as_json:

@@ -89,8 +89,10 @@ def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelPro
     )
 
     head_bits = spec.bits if spec.lm_head_bits is None else spec.lm_head_bits
+    head_block = _head_block(model, plan, spec.lm_head_block_size or spec.block_size)
+    own_head_pass = head_bits != spec.bits or head_block != spec.block_size
     main_exclude = set(plan.exclude) | plan.upgrade
-    if plan.lm_head and head_bits != spec.bits:
+    if plan.lm_head and own_head_pass:
         main_exclude.add(plan.lm_head)
     if spec.algo == "hqq":
         cfg: Any = HQQWeightOnlyQuantConfig(block_size=spec.block_size, bits=spec.bits)
@@ -105,14 +107,14 @@ def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelPro
                                            accuracy_level=spec.accuracy_level, bits=spec.bits)
     model = _nbits(model, cfg, spec, main_exclude, spec.bits)
     # Later passes only find MatMuls the first one left: the lm_head, fallbacks, and keep-fp ones (excluded).
-    passes: dict[int, set[str]] = {8: set(plan.upgrade)} if plan.upgrade else {}
-    if plan.lm_head and head_bits not in (0, spec.bits) and plan.lm_head not in plan.exclude:
-        passes.setdefault(head_bits, set()).add(plan.lm_head)
-    for bits, names in passes.items():
-        cfg_n = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=True,
+    passes: dict[tuple[int, int], set[str]] = {(8, spec.block_size): set(plan.upgrade)} if plan.upgrade else {}
+    if plan.lm_head and own_head_pass and head_bits and plan.lm_head not in plan.exclude:
+        passes.setdefault((head_bits, head_block), set()).add(plan.lm_head)
+    for (bits, block), names in passes.items():
+        cfg_n = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True,
                                              accuracy_level=spec.accuracy_level, bits=bits)
         others = set(plan.exclude) | {n for group in passes.values() for n in group if n not in names}
-        model = _nbits(model, cfg_n, spec, others, bits)
+        model = _nbits(model, cfg_n, spec.model_copy(update={"block_size": block}), others, bits)
     if spec.algo == "hqq":  # last: the fp32 correction MatMuls it adds must not meet another quantizer pass
         from edgekit.compress.offsets import split_float_offsets
 
@@ -122,6 +124,21 @@ def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelPro
     if spec.embed_bits and plan.embedding and plan.embedding not in plan.exclude:
         model = _embedding(model, spec, plan)
     return model
+
+
+def _head_block(model: ModelProto, plan: Plan, block: int) -> int:
+    """The lm_head's block, halved until it divides the hidden size: a tied embedding can share the lm_head's
+    blocks only when whole blocks tile its rows (GatherBlockQuantized)."""
+    node = next((n for n in model.graph.node if n.name == plan.lm_head), None)
+    init = next((i for i in model.graph.initializer if node is not None and i.name == node.input[1]), None)
+    if init is None or len(init.dims) != 2:
+        return block
+    hidden, wanted = int(init.dims[0]), block
+    while block > 16 and hidden % block:
+        block //= 2
+    if block != wanted:
+        plan.notes.append(f"lm_head block {block}, not {wanted}: hidden size {hidden} is not a multiple of {wanted}")
+    return block
 
 
 def _embedding(model: ModelProto, spec: WeightOnlySpec, plan: Plan) -> ModelProto:

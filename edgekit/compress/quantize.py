@@ -20,7 +20,7 @@ from edgekit import progress
 from edgekit.artifact import MODEL_FILE, OnnxArtifact
 from edgekit.compress import checks, graph, shared
 from edgekit.compress.handlers import Plan, run_handler
-from edgekit.compress.specs import MethodSpec, WeightOnlySpec, method_spec
+from edgekit.compress.specs import MethodSpec, WeightOnlySpec, is_rotated, method_spec
 from edgekit.errors import InputError, UnsupportedError
 from edgekit.export.rotation import ROTATE_MARK
 from edgekit.specs import Target
@@ -64,7 +64,8 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
     from edgekit.catalog import check_method
 
     t0 = time.perf_counter()
-    spec = method if isinstance(method, MethodSpec) else method_spec(method, target, **overrides)
+    spec = method if isinstance(method, MethodSpec) else method_spec(method, target, rotated=is_rotated(artifact.meta),
+                                                                      **overrides)
     check_method(spec.method, target)
     if artifact.method != "fp32":
         raise UnsupportedError(f"{artifact.path} is already {artifact.method}: compress the fp32 export instead")

@@ -38,13 +38,17 @@ class WeightOnlySpec(MethodSpec):
     symmetric: bool = True
     # Bits for the lm_head MatMul (None: same as `bits`; 0: keep it float). ORT-GenAI/Olive keep it at 8.
     lm_head_bits: Literal[0, 4, 8] | None = None
+    # The lm_head's block (None: block_size). An 8-bit lm_head loses little to a larger block, and on AVX-512 the
+    # int8-activation kernel runs a 64-block 1.2x faster than a 32-block (SmolLM2 decode, benchmarks/blocks.py).
+    lm_head_block_size: Annotated[int, Field(ge=16, le=256)] | None = None
     # Token-embedding Gather as GatherBlockQuantized (the tied embedding is 113 MB of SmolLM2); 0 = keep float.
     embed_bits: Literal[0, 4, 8] = 8
 
     @model_validator(mode="after")
     def _check(self) -> WeightOnlySpec:
-        if self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        for name, size in (("block_size", self.block_size), ("lm_head_block_size", self.lm_head_block_size)):
+            if size is not None and size & (size - 1):
+                raise ValueError(f"{name} must be a power of two, got {size}")
         if self.algo == "gptq" and self.bits != 4:
             raise ValueError("GPTQ in onnxruntime is 4-bit only")
         return self
@@ -82,15 +86,17 @@ class Fp16Spec(MethodSpec):
 AnySpec = WeightOnlySpec | DynamicInt8Spec | StaticInt8Spec | Fp16Spec
 
 
-def _defaults(name: str, target: Target) -> tuple[type[MethodSpec], dict[str, Any]]:
+def _defaults(name: str, target: Target, rotated: bool) -> tuple[type[MethodSpec], dict[str, Any]]:
     q8, q4 = target.quantization.int8, target.quantization.int4
     if name == "fp16":
         return Fp16Spec, {}
     if name == "int8-weight":
         # The target's accuracy_level (4: int8 activations): on SmolLM2, float compute (0) keeps 2 more points
         # of top-1 (0.973 vs 0.951) but onnxruntime 1.32 has no fast 8-bit float kernel: decode ~10x slower.
-        return WeightOnlySpec, {"method": name, "bits": 8, "block_size": 32, "algo": "rtn", "symmetric": True,
-                                "accuracy_level": q4.accuracy_level, "lm_head_bits": 8, "embed_bits": 8}
+        block = (q8.rotated_weight_block_size if rotated else None) or q8.weight_block_size
+        return WeightOnlySpec, {"method": name, "bits": 8, "block_size": block, "algo": "rtn",
+                                "symmetric": True, "accuracy_level": q4.accuracy_level, "lm_head_bits": 8,
+                                "embed_bits": 8}
     if name == "int8-dynamic":
         if q8.dynamic_weight_type == "quint8":
             # u8u8 cannot saturate, so the weights keep all 8 bits.
@@ -104,17 +110,18 @@ def _defaults(name: str, target: Target) -> tuple[type[MethodSpec], dict[str, An
     # HQQ's float zero points make it asymmetric by construction; RTN keeps more with an offset too.
     return WeightOnlySpec, {"method": name, "bits": 4, "block_size": q4.block_size, "algo": algo,
                             "accuracy_level": q4.accuracy_level, "symmetric": False,
-                            "lm_head_bits": 8, "embed_bits": 8}
+                            "lm_head_bits": 8, "lm_head_block_size": q4.lm_head_block_size, "embed_bits": 8}
 
 
-def method_spec(name: str, target: Target, **overrides: Any) -> MethodSpec:
-    """The spec for `name` on `target`: target defaults, then non-None `overrides` on top."""
+def method_spec(name: str, target: Target, *, rotated: bool = False, **overrides: Any) -> MethodSpec:
+    """The spec for `name` on `target`: target defaults (for a rotated export where the target has its own),
+    then non-None `overrides` on top."""
     from edgekit.catalog import check_method
 
     if name not in QUANT_METHODS:
         raise UnsupportedError(f"unknown quantization method {name!r} (known: {', '.join(QUANT_METHODS)})")
     check_method(name, target)
-    cls, values = _defaults(name, target)
+    cls, values = _defaults(name, target, rotated)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "keep_fp" in values:
         values["keep_fp"] = tuple(values["keep_fp"])
@@ -124,3 +131,8 @@ def method_spec(name: str, target: Target, **overrides: Any) -> MethodSpec:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or name
         raise ConfigError(f"{name}: {where}: {err['msg']}") from exc
+
+
+def is_rotated(meta: dict[str, Any]) -> bool:
+    """Whether an export's record (export.json) says its weights were rotated (edgekit.export.rotation)."""
+    return str((meta.get("rotation") or {}).get("mode", "off")) != "off"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from edgekit.catalog import load_target
 from edgekit.errors import UnsupportedError
@@ -95,6 +95,10 @@ def test_compress_keeps_the_rotation_float(tiny_model: Any, tmp_path: Path) -> N
     assert {n.op_type for n in nodes if "/rotate/" in n.name and "MatMul" in n.op_type} == {"MatMul"}
     assert sum(n.op_type == "MatMulNBits" for n in nodes) >= 4 * src.config["num_hidden_layers"]
     assert int8.meta["export"]["rotation"]["mode"] == "full"
+    # A rotated export takes the target's larger int8 block (x86: 64; unrotated stays 32).
+    blocks = {helper.get_attribute_value(a) for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute
+              if a.name == "block_size"}
+    assert blocks == {64}
 
 
 def test_rotation_off_is_recorded(tiny_onnx: Any) -> None:
