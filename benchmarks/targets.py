@@ -180,10 +180,14 @@ def size_rows(llm: list[Cell], threads: list[int]) -> list[str]:
 
 def build_rss_row(build: dict[str, Any] | None) -> list[str]:
     target = "build peak RSS ≤ 3× fp32 weights"
-    what = "`edgekit build example:smollm2-135m --method int8-weight`"
-    mem = (build or {}).get("memory") or {}
+    build = build or {}
+    what = f"`{build.get('command', 'edgekit build example:smollm2-135m --method int8-weight')}`"
+    if build.get("measured"):
+        # The record is cached under edgekit's fingerprint: it may predate this run.
+        what += f", measured {build['measured']}"
+    mem = build.get("memory") or {}
     if not mem.get("peak_rss_mb") or not mem.get("fp32_weights_mb"):
-        why = (build or {}).get("error") or "not measured in this run"
+        why = build.get("error") or "not measured in this run"
         return [_row(target, what, "fp32 weights", f"n/a ({str(why)[:120]})", "n/a")]
     ratio = mem["peak_rss_mb"] / mem["fp32_weights_mb"]
     value = (
