@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,14 @@ def edgekit_fingerprint() -> str:
     return h.hexdigest()[:10]
 
 
-def edgekit_cached(name: str, build: Callable[[Path], None]) -> Path:
+def edgekit_cached(name: str, build: Callable[[Path], None], *, marker: str = "model.onnx") -> Path:
     """cached() under `name-<fingerprint>`; builds of `name` by other code versions are removed."""
     fp = edgekit_fingerprint()
     for old in cache_root().glob(f"{name}-*"):
         stem = old.name.removesuffix(".partial")
         if stem.rsplit("-", 1)[0] == name and stem.rsplit("-", 1)[1] != fp and len(stem.rsplit("-", 1)[1]) == len(fp):
             shutil.rmtree(old, ignore_errors=True)
-    return cached(f"{name}-{fp}", build)
+    return cached(f"{name}-{fp}", build, marker=marker)
 
 
 def edgekit_fp32(source: Any, name: str, graph: str = "auto", rotate: str = "off") -> Path:
@@ -103,6 +104,53 @@ def method_rotation(method: str) -> str:
     from edgekit.export.rotation import METHOD_DEFAULTS
 
     return METHOD_DEFAULTS.get(method, "off")
+
+
+BUILD_RSS_ARGS = ["build", "example:smollm2-135m", "--profile", "local", "--method", "int8-weight"]
+
+
+def build_memory() -> dict[str, Any]:
+    """One `edgekit build` (SmolLM2, int8-weight) in its own process: build.json's memory record, the build's peak
+    RSS beside the fp32 weights. Cached under edgekit's fingerprint, so unchanged code reuses the record (it says
+    when it was measured); a failure comes back as {"error": ...}, never an exception."""
+    record = "build_memory.json"
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        # --max-time only shortens the latency loops; the stages that hold memory run as users run them.
+        args = [*BUILD_RSS_ARGS, "-o", str(tmp / "bundle"), "--max-time", "0.5"]
+        log = cache_root() / "build-rss.log"
+        # The edgekit this checkout holds, the one the fingerprint hashed.
+        path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "edgekit", *args]
+        t0 = time.perf_counter()
+        with log.open("a") as fh:
+            fh.write("$ edgekit " + " ".join(args) + "\n")
+            fh.flush()
+            proc = subprocess.run(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, env={**_env(), "PYTHONPATH": path}, check=False
+            )
+        built = tmp / "bundle" / "build.json"
+        if not built.is_file():
+            raise RuntimeError(f"edgekit build exited {proc.returncode} without build.json (log {log})")
+        rec = json.loads(built.read_text())
+        out = {
+            "command": "edgekit " + " ".join(a if a != str(tmp / "bundle") else "OUT" for a in args),
+            "exit_code": proc.returncode,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "memory": rec.get("memory"),
+            "stages": rec.get("stages"),
+        }
+        shutil.rmtree(tmp / "bundle")
+        (tmp / record).write_text(json.dumps(out, indent=1))
+
+    try:
+        folder = edgekit_cached("smollm2-build-rss-int8-weight", build, marker=record)
+        result: dict[str, Any] = json.loads((folder / record).read_text())
+        return result
+    except (OSError, RuntimeError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
 
 def edgekit_compressed(fp32: Path, method: str, name: str, target: str = TARGET) -> Path:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import targets
+
 
 def _f(x: Any, fmt: str = ".3g") -> str:
     return "–" if x is None else format(x, fmt)
@@ -339,6 +341,7 @@ def markdown(r: dict[str, Any], png: str) -> str:
         "",
         *targets_table(r),
         "",
+        *targets.issue20_section(r),
         "## Rounds: host load and ISA",
         "",
         *rounds_table(r),

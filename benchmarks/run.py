@@ -304,6 +304,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-profile", action="store_true", help="skip the per-op decode profile of each ONNX variant"
     )
     p.add_argument("--skip-enc", action="store_true")
+    p.add_argument("--skip-build-rss", action="store_true", help="leave out the `edgekit build` peak-RSS run")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per worker process")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--suffix", default=None, help="results file name suffix (default: -quick for --quick)")
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     print("preparing models (cached under", prepare.cache_root(), ")", flush=True)
     llm_v, llm_source = llm_variants(args) if not args.skip_llm else ([], None)
     enc_v, enc_source = enc_variants() if not args.skip_enc else ([], None)
+    build_mem = None if args.skip_build_rss or args.skip_llm else prepare.build_memory()
     prepared_s = round(time.perf_counter() - t0, 1)
     bw_before = analysis.measure_bandwidth()
     with tempfile.TemporaryDirectory(prefix="edgekit-benchmarks-") as tmp_name:
@@ -355,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "bandwidth": {"before": bw_before, "after": bw_after, "used": bw},
         "rounds": records,
+        "build_memory": build_mem,
         "llm": [{k: val for k, val in v.items() if not k.startswith("_")} for v in llm],
         "encoder": [{k: val for k, val in v.items() if not k.startswith("_")} for v in enc],
     }
