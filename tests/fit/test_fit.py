@@ -56,11 +56,13 @@ def test_estimates_follow_written_sizes() -> None:
     est = {m: estimate(Candidate(m), SMOL, pi4, x86, SMOL_CFG)
            for m in ("fp32", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq")}
     est["int8-weight-rotated"] = estimate(Candidate("int8-weight"), SMOL, pi4, _rotating(x86), SMOL_CFG)
-    # model.onnx bytes of SmolLM2 built for x86-avx512-vnni (2026-12-01; the tied table once, as the lm_head's 8-bit
-    # blocks, for weight-only methods; int8 blocks of 32, 64 rotated; the int4 lm_head's 64). The estimate leaves
-    # out the rotary caches and norms (~2.2 MB) and a rotation's matrices (~1.5 MB): just below, never far off.
-    written = {"fp32": 653.5, "int8-weight": 153.7, "int8-weight-rotated": 146.7, "int8-dynamic": 251.3, "int8-static": 251.4,
-               "int4-rtn": 100.5, "int4-hqq": 124.8}
+    est["fp16"] = estimate(Candidate("fp16"), SMOL, pi4, load_target("cuda"), SMOL_CFG)
+    # model.onnx bytes of SmolLM2 built for x86-avx512-vnni, fp16 for cuda (2026-12-01; the tied table once, as
+    # the lm_head's 8-bit blocks, for weight-only methods; int8 blocks of 32, 64 rotated; the int4 lm_head's 64).
+    # The estimate leaves out the rotary caches and norms (~2.2 MB) and a rotation's matrices (~1.5 MB): just
+    # below, never far off.
+    written = {"fp32": 653.5, "fp16": 326.8, "int8-weight": 153.7, "int8-weight-rotated": 146.7,
+               "int8-dynamic": 251.3, "int8-static": 251.4, "int4-rtn": 100.5, "int4-hqq": 124.8}
     for method, mb in written.items():
         assert 0.97 * mb <= est[method]["size_mb"] <= mb, method
     # Bytes read per token: a Gather with a table of its own reads one row of it; a shared table is read whole
