@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgekit.records import Report
 from edgekit.source import SourceModel, read_safetensors_header
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INT4_BLOCKS = (32, 64, 128)
-BITS = {"fp32": 32.0, "fp16": 16.0, "int8-weight": 8.0, "int8-dynamic": 8.0, "int8-static": 8.0}
-EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings", "lm_head")
+BITS = {"fp32": 32.0, "fp16": 16.0}
+EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings")
 # Estimates are rough (±30 %): prune only what misses by more than this factor.
 PRUNE_SLACK = 1.3
 
@@ -86,12 +86,19 @@ def candidate_space(target: Target, methods: list[str] | None = None) -> list[Ca
     return out
 
 
-def parameter_split(source: SourceModel) -> tuple[int, int]:
-    """(embedding + lm_head parameters as the ONNX graph stores them, the rest), read from safetensors headers
-    without loading weights. A tied embedding is one tensor in the checkpoint but two in a decoder graph (the
-    token Gather and the lm_head MatMul, each quantized its own way), so it counts twice there."""
-    embed = other = 0
-    has_head = False
+class ParamSplit(NamedTuple):
+    """Parameters by role, read from safetensors headers: the token table, the lm_head weight (a tied model's is the
+    table itself: one tensor in the checkpoint, two in an fp32 decoder graph), and the rest."""
+
+    embed: int
+    head: int
+    other: int
+    tied: bool
+
+
+def parameter_split(source: SourceModel) -> ParamSplit:
+    """Split the source's parameters by role without loading weights."""
+    embed = head = other = 0
     for path in source.weight_files:
         if path.suffix != ".safetensors":
             continue
@@ -101,55 +108,77 @@ def parameter_split(source: SourceModel) -> tuple[int, int]:
             n = 1
             for d in info["shape"]:
                 n *= d
-            if any(k in name for k in EMBED_NAMES):
+            if "lm_head" in name:
+                head += n
+            elif any(k in name for k in EMBED_NAMES):
                 embed += n
-                has_head = has_head or "lm_head" in name
             else:
                 other += n
-    if source.task == "text-generation" and not has_head and source.config.get("tie_word_embeddings", True):
-        embed *= 2
-    return embed, other
+    tied = source.task == "text-generation" and not head and bool(source.config.get("tie_word_embeddings", True))
+    return ParamSplit(embed, embed if tied else head, other, tied)
 
 
-def bits_per_weight(c: Candidate) -> tuple[float, float]:
-    """(body, embeddings) bits per weight as written, block scales and zero points included."""
-    block = float(dict(c.options).get("block_size", 32))
-    if c.method.startswith("int4"):
-        # 4-bit codes + an fp32 scale per block + a zero point (4-bit for RTN/GPTQ; float for HQQ);
-        # embedding and lm_head stay 8-bit block-wise (8-bit codes + fp32 scale per 32, + a 4-bit zero point).
-        zero_bits = 32.0 if c.method == "int4-hqq" else 4.0
-        return 4 + (32 + zero_bits) / block, 8 + 36 / 32
-    if c.method == "int8-weight":
-        return 8 + 32 / 32, 8 + 32 / 32  # MatMulNBits 8-bit, block 32, fp32 scales: everything, embeddings too
-    body = BITS.get(c.method, 32.0)
-    return body, 16.0 if c.method == "fp16" else 32.0
+def bits_per_weight(c: Candidate, target: Target, *, rotated: bool = False,
+                    tied: bool = True) -> tuple[float, float, float | None]:
+    """(body, lm_head, token table) bits per weight as written, block scales and zero points included, with the
+    block sizes compress would use on `target` (compress/specs.py); the table's is None where a tied table is
+    stored once, as the lm_head's blocks (weight-only methods: compress/shared.py)."""
+    if c.method in ("int8-dynamic", "int8-static"):
+        return 8.0, 8.0, 32.0  # per-channel: a scale per output column is noise; the Gather stays float
+    if c.method not in ("int8-weight", "int4-rtn", "int4-hqq", "int4-gptq"):
+        bits = BITS.get(c.method, 32.0)
+        return bits, bits, bits
+    from edgekit.compress.specs import WeightOnlySpec, method_spec
+
+    spec = method_spec(c.method, target, rotated=rotated, **dict(c.options))
+    assert isinstance(spec, WeightOnlySpec)
+    # Zero points: `bits`-bit integers when asymmetric; HQQ's float ones become fp32 block offsets
+    # (compress/offsets.py); none when symmetric.
+    zero = 32.0 if spec.algo == "hqq" else 0.0 if spec.symmetric else float(spec.bits)
+    body = spec.bits + (32 + zero) / spec.block_size
+    head_bits = spec.bits if spec.lm_head_bits is None else spec.lm_head_bits
+    head_block = spec.lm_head_block_size or spec.block_size
+    if not head_bits:
+        head = 32.0
+    elif head_bits != spec.bits or head_block != spec.block_size:
+        head = head_bits + 32 / head_block  # its own pass: symmetric
+    else:
+        head = body
+    if tied and spec.embed_bits and head_bits:
+        return body, head, None
+    # An own table: 8-bit asymmetric (an 8-bit zero point per block), at the body's block size.
+    table = spec.embed_bits + (32 + spec.embed_bits) / spec.block_size if spec.embed_bits else 32.0
+    return body, head, table
 
 
-def offset_indicator_bytes(c: Candidate, config: dict[str, Any] | None) -> float:
+def offset_indicator_bytes(c: Candidate, config: dict[str, Any] | None, target: Target) -> float:
     """int4-hqq's float zero points become a MatMul of block sums against a 0/1 indicator [K, K/block] (fp32) per
     distinct input of each layer (compress/offsets.py): the MLP down input (intermediate size) and ~3 of hidden size."""
     if c.method != "int4-hqq" or not config:
         return 0.0
     layers = int(config.get("num_hidden_layers") or 0)
     hidden, inter = int(config.get("hidden_size") or 0), int(config.get("intermediate_size") or 0)
-    block = float(dict(c.options).get("block_size", 32))
+    block = float(dict(c.options).get("block_size") or target.quantization.int4.block_size)
     return layers * (inter**2 + 3 * hidden**2) * 4 / block
 
 
-def estimate(c: Candidate, embed: int, other: int, profile: Profile,
+def estimate(c: Candidate, split: ParamSplit, profile: Profile, target: Target,
              config: dict[str, Any] | None = None) -> dict[str, float | None]:
-    """Model size as written (bits per weight with scales and zero points, a tied embedding twice, HQQ's offset
-    indicators); device decode speed from the device's effective bandwidth (datasheet × its efficiency, as the
-    bench's estimates use) / bytes read per token."""
+    """Model size as written on `target` (bits per weight with scales and zero points; a tied table once for
+    weight-only methods, twice otherwise; HQQ's offset indicators); device decode speed from the device's effective
+    bandwidth (datasheet × its efficiency, as the bench's estimates use) / bytes read per token, which leave out a
+    token table of its own: its Gather reads one row."""
     from edgekit.bench.roofline import device_roofs
 
-    body_bits, embed_bits = bits_per_weight(c)
-    size_mb = ((other * body_bits + embed * embed_bits) / 8 + offset_indicator_bytes(c, config)) / 1e6
+    rotated = target.export.rotate.mode != "off"  # fit compresses every candidate from one export per target
+    body_bits, head_bits, table_bits = bits_per_weight(c, target, rotated=rotated, tied=split.tied)
+    table = split.embed * (table_bits or 0.0) / 8
+    size = split.other * body_bits / 8 + split.head * head_bits / 8 + table + offset_indicator_bytes(c, config, target)
     dev = profile.device
     decode = None
     if not dev.host and dev.memory_bandwidth_gbps:
-        decode = device_roofs(dev)["value"][0] * 1e9 / (size_mb * 1e6)
-    return {"size_mb": round(size_mb, 3), "decode_tokens_per_s": None if decode is None else round(decode, 1)}
+        decode = device_roofs(dev)["value"][0] * 1e9 / (size - table)
+    return {"size_mb": round(size / 1e6, 3), "decode_tokens_per_s": None if decode is None else round(decode, 1)}
 
 
 def prune(outcome: Outcome, profile: Profile, task: str) -> None:

@@ -78,10 +78,11 @@ def fit_profiles(source_spec: str, profiles: list[Profile], out: Path, opts: Fit
     deadline = time.monotonic() + opts.time_budget_min * 60
     source, sanity = checked_source(source_spec, BuildOptions(eval_data=eval_data,
                                                               allow_implausible_source=opts.allow_implausible_source))
-    embed, other = parameter_split(source)
+    split = parameter_split(source)
     plans = []
     for p in profiles:
-        outcomes = [Outcome(c, estimate(c, embed, other, p, source.config)) for c in candidate_space(targets[p.target], opts.methods)]
+        target = targets[p.target]
+        outcomes = [Outcome(c, estimate(c, split, p, target, source.config)) for c in candidate_space(target, opts.methods)]
         for o in outcomes:
             prune(o, p, source.task)
         plans.append(Plan(p, outcomes))

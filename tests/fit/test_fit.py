@@ -8,6 +8,7 @@ from edgekit.catalog import load_profile, load_target
 from edgekit.fit import (
     Candidate,
     Outcome,
+    ParamSplit,
     candidate_space,
     choose,
     estimate,
@@ -17,6 +18,7 @@ from edgekit.fit import (
     prune,
 )
 from edgekit.source import load_source
+from edgekit.specs import Target
 
 
 def test_candidate_space_follows_target() -> None:
@@ -28,31 +30,66 @@ def test_candidate_space_follows_target() -> None:
     assert [c.method for c in only] == ["int8-weight", "int4-rtn", "int4-rtn", "int4-rtn"]
 
 
-def test_estimates_order_and_prune(tiny_model) -> None:  # type: ignore[no-untyped-def]
+def _rotating(target: Target) -> Target:
+    rotate = target.export.rotate.model_copy(update={"mode": "full"})
+    return target.model_copy(update={"export": target.export.model_copy(update={"rotate": rotate})})
+
+
+SMOL = ParamSplit(28_311_552, 28_311_552, 106_203_456, True)  # SmolLM2-135M: tied table, lm_head, the rest
+SMOL_CFG = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}
+TABLE_MB = 28_311_552 * 4 / 1e6  # its fp32 token table
+
+
+def test_parameter_split(tiny_model) -> None:  # type: ignore[no-untyped-def]
     src = load_source(str(tiny_model("llama")))
-    embed, other = parameter_split(src)
-    assert embed > 0 and other > 0 and embed + other == src.fingerprint["parameters"]
-    tied = load_source(str(tiny_model("gpt2")))  # GPT-2 ties wte and the lm_head: one tensor, two in the graph
-    t_embed, t_other = parameter_split(tied)
-    assert t_embed == 2 * 512 * 64 and t_embed / 2 + t_other == tied.fingerprint["parameters"]
+    split = parameter_split(src)
+    assert split.embed > 0 and split.other > 0
+    assert split.embed + split.head + split.other == src.fingerprint["parameters"]
+    tied = load_source(str(tiny_model("gpt2")))  # GPT-2 ties wte and the lm_head: one tensor, two in an fp32 graph
+    t = parameter_split(tied)
+    assert t.tied and t.embed == t.head == 512 * 64 and t.embed + t.other == tied.fingerprint["parameters"]
+
+
+def test_estimates_follow_written_sizes() -> None:
+    x86 = load_target("x86-avx512-vnni")
     pi4 = load_profile("raspberry-pi-4")
-    smol = (2 * 28_311_552, 106_203_456)  # SmolLM2-135M: tied embedding, stored twice in the graph; the rest
-    fp32 = estimate(Candidate("fp32"), *smol, pi4)
-    int8 = estimate(Candidate("int8-weight"), *smol, pi4)
-    int4 = estimate(Candidate("int4-rtn", (("block_size", 32),)), *smol, pi4)
-    assert fp32["size_mb"] > int8["size_mb"] > int4["size_mb"]
-    # What the fused graphs of SmolLM2 wrote (model.onnx bytes, 2026-12-01): 653.5 / 186.4 / 134.8 / 159.3 MB.
-    # The estimate leaves out the rotary caches and norms (~2.2 MB), so it may sit just below, never far off.
-    smol_cfg = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}
-    hqq = estimate(Candidate("int4-hqq", (("block_size", 32),)), *smol, pi4, smol_cfg)
-    for est, written in ((fp32, 653.5), (int8, 186.4), (int4, 134.8), (hqq, 159.3)):
-        assert 0.97 * written <= est["size_mb"] <= written
-    assert int4["decode_tokens_per_s"] > fp32["decode_tokens_per_s"]
+    est = {m: estimate(Candidate(m), SMOL, pi4, x86, SMOL_CFG)
+           for m in ("fp32", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq")}
+    est["int8-weight-rotated"] = estimate(Candidate("int8-weight"), SMOL, pi4, _rotating(x86), SMOL_CFG)
+    est["fp16"] = estimate(Candidate("fp16"), SMOL, pi4, load_target("cuda"), SMOL_CFG)
+    # model.onnx bytes of SmolLM2 built for x86-avx512-vnni, fp16 for cuda (2026-12-01; the tied table once, as
+    # the lm_head's 8-bit blocks, for weight-only methods; int8 blocks of 32, 64 rotated; the int4 lm_head's 64).
+    # The estimate leaves out the rotary caches and norms (~2.2 MB) and a rotation's matrices (~1.5 MB): just
+    # below, never far off.
+    written = {"fp32": 653.5, "fp16": 326.8, "int8-weight": 153.7, "int8-weight-rotated": 146.7,
+               "int8-dynamic": 251.3, "int8-static": 251.4, "int4-rtn": 100.5, "int4-hqq": 124.8}
+    for method, mb in written.items():
+        assert 0.97 * mb <= est[method]["size_mb"] <= mb, method
+    # Bytes read per token: a Gather with a table of its own reads one row of it; a shared table is read whole
+    # by the lm_head.
+    bandwidth = est["fp32"]["decode_tokens_per_s"] * (est["fp32"]["size_mb"] - TABLE_MB)  # type: ignore[operator]
+    assert est["int4-rtn"]["decode_tokens_per_s"] * est["int4-rtn"]["size_mb"] == pytest.approx(bandwidth, rel=1e-3)  # type: ignore[operator]
+
+
+def test_estimates_follow_blocks_and_prune(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    pi4, arm = load_profile("raspberry-pi-4"), load_target("arm64")
+    fp32 = estimate(Candidate("fp32"), SMOL, pi4, arm)
+    int8 = estimate(Candidate("int8-weight"), SMOL, pi4, arm)
+    int4 = {b: estimate(Candidate("int4-rtn", (("block_size", b),)), SMOL, pi4, arm) for b in (32, 64, 128)}
+    assert fp32["size_mb"] > int8["size_mb"] > int4[32]["size_mb"] > int4[64]["size_mb"] > int4[128]["size_mb"]
+    # arm64 keeps the int4 lm_head at the body's block: a smaller block costs it scales, x86's 64 does not.
+    assert estimate(Candidate("int4-rtn"), SMOL, pi4, load_target("x86-avx2"))["size_mb"] < int4[32]["size_mb"]
+    # Untied, the table is stored a second time (8-bit, its own); fp32 stores both either way.
+    untied = SMOL._replace(tied=False)
+    assert estimate(Candidate("int8-weight"), untied, pi4, arm)["size_mb"] > int8["size_mb"] + 25
+    assert estimate(Candidate("fp32"), untied, pi4, arm)["size_mb"] == fp32["size_mb"]
+    assert int4[32]["decode_tokens_per_s"] > fp32["decode_tokens_per_s"]
     # A 135M-parameter fp32 model cannot fit a 200 MB budget: pruned before anything is built.
     big = Outcome(Candidate("fp32"), fp32)
     prune(big, pi4, "text-generation")
     assert big.status == "pruned" and "200 MB" in big.reason
-    assert estimate(Candidate("fp32"), embed, other, load_profile("local"))["decode_tokens_per_s"] is None
+    split = parameter_split(load_source(str(tiny_model("llama"))))
+    assert estimate(Candidate("fp32"), split, load_profile("local"), arm)["decode_tokens_per_s"] is None
 
 
 def _outcome(label: str, size: float, kld: float, decode: float, status: str) -> Outcome:
