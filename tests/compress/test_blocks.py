@@ -58,3 +58,11 @@ def test_head_block_halves_until_it_tiles_the_hidden_size() -> None:
     assert _head_block(model, plan, 64) == 32
     assert plan.notes == ["lm_head block 32, not 64: hidden size 96 is not a multiple of 64"]
     assert _head_block(model, Plan(work=Path("."), lm_head="/lm_head/MatMul"), 32) == 32
+
+
+def test_gptq_takes_the_spec_block(tiny_onnx: Any, tmp_path: Path) -> None:
+    # onnxruntime's GPTQ config defaults to block 128 unless told: the spec's block must reach it.
+    out = compress(tiny_onnx("llama"), "int4-gptq", AVX2, tmp_path / "q", calibration_samples=2, checks_enabled=False,
+                   block_size=16)
+    body = {v for k, v in _blocks(out.path).items() if "layers" in k}
+    assert body == {(4, 16)}
