@@ -101,7 +101,7 @@ def weight_only(spec: WeightOnlySpec, model: ModelProto, plan: Plan) -> ModelPro
 
         if not plan.feeds:
             raise CompressError("int4-gptq needs calibration text and got none")
-        cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=make_reader(plan.feeds), block_size=spec.block_size)
+        cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=make_reader(plan.feeds))
     else:
         cfg = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=spec.symmetric,
                                            accuracy_level=spec.accuracy_level, bits=spec.bits)
