@@ -52,6 +52,24 @@ class Shared:
     outputs: SourceOutputs
     left: int
     results: dict[str, tuple[str, Any]] = field(default_factory=dict)  # label → ("ok", QualityRun) | (status, reason)
+    rotated: dict[str, Path] = field(default_factory=dict)  # rotation mode → its export, made on first use
+
+    def parent(self, method: str) -> Path:
+        """The export `method` is compressed from: the one `edgekit build --method` would make (int8-weight's is
+        rotated by default: edgekit.export.rotation.METHOD_DEFAULTS), so fit measures what a build ships."""
+        from edgekit.export.rotation import METHOD_DEFAULTS
+
+        mode = METHOD_DEFAULTS.get(method)
+        if mode is None or self.target.export.rotate.mode != "off":
+            return self.exported
+        if mode not in self.rotated:
+            from edgekit.export import export
+
+            # As a target default, not an explicit --rotate: skipped (logged) where the fused writer cannot write.
+            rotate = self.target.export.rotate.model_copy(update={"mode": mode})
+            target = self.target.model_copy(update={"export": self.target.export.model_copy(update={"rotate": rotate})})
+            self.rotated[mode] = export(self.source, target, self.work / f"export-rotate-{mode}").path
+        return self.rotated[mode]
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,7 @@ def _round(todo: list[Candidate], shared: Shared) -> None:
                     shared.results[c.label] = ("skipped", "time budget ended")
                 break
             batch = todo[batch_start: batch_start + workers]
-            futures = [(c, shared.pool.submit(evaluate, c, shared.exported, shared.source, shared.profile, shared.target,
+            futures = [(c, shared.pool.submit(evaluate, c, shared.parent(c.method), shared.source, shared.profile, shared.target,
                                               shared.work / c.label.replace("/", "_"), shared.opts, shared.outputs))
                        for c in batch]
             for c, fut in futures:

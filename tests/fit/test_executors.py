@@ -112,7 +112,8 @@ def test_a_candidate_failing_on_a_ray_worker_is_recorded(ray_cluster, tiny_model
     from edgekit.fit.search import Plan, Shared, search
 
     profile = load_profile("local")
-    cands = [Candidate("int8-weight"), Candidate("int4-rtn", (("block_size", 32),))]
+    # Methods compressed from the given export (int8-weight would make its own rotated one: Shared.parent).
+    cands = [Candidate("int4-hqq", (("block_size", 32),)), Candidate("int4-rtn", (("block_size", 32),))]
     plan = Plan(profile, [Outcome(c, {"size_mb": 1.0, "decode_tokens_per_s": None}) for c in cands])
     missing = tmp_path / "no-export"  # every task fails on its worker: there is nothing to compress
     with open_executor(ExecutorSpec("ray", 2)) as pool:

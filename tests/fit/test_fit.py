@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,15 @@ def test_estimates_follow_written_sizes() -> None:
     pi4 = load_profile("raspberry-pi-4")
     est = {m: estimate(Candidate(m), SMOL, pi4, x86, SMOL_CFG)
            for m in ("fp32", "int8-weight", "int8-dynamic", "int8-static", "int4-rtn", "int4-hqq")}
+    # fit compresses int8-weight from a rotated export, as a build does, whether or not the target rotates.
     est["int8-weight-rotated"] = estimate(Candidate("int8-weight"), SMOL, pi4, _rotating(x86), SMOL_CFG)
+    assert est["int8-weight-rotated"] == est["int8-weight"]
     est["fp16"] = estimate(Candidate("fp16"), SMOL, pi4, load_target("cuda"), SMOL_CFG)
     # model.onnx bytes of SmolLM2 built for x86-avx512-vnni, fp16 for cuda (2026-12-01; the tied table once, as
-    # the lm_head's 8-bit blocks, for weight-only methods; int8 blocks of 32, 64 rotated; the int4 lm_head's 64).
+    # the lm_head's 8-bit blocks, for weight-only methods; rotated int8 in blocks of 64; the int4 lm_head's 64).
     # The estimate leaves out the rotary caches and norms (~2.2 MB) and a rotation's matrices (~1.5 MB): just
     # below, never far off.
-    written = {"fp32": 653.5, "fp16": 326.8, "int8-weight": 153.7, "int8-weight-rotated": 146.7,
+    written = {"fp32": 653.5, "fp16": 326.8, "int8-weight": 146.7, "int8-weight-rotated": 146.7,
                "int8-dynamic": 251.3, "int8-static": 251.4, "int4-rtn": 100.5, "int4-hqq": 124.8}
     for method, mb in written.items():
         assert 0.97 * mb <= est[method]["size_mb"] <= mb, method
@@ -171,3 +174,18 @@ def test_fit_relative_output_with_a_tool_that_changes_directory(tiny_model, tmp_
                   *FAST, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "failed" not in res.stdout
+
+
+def test_int8_weight_candidates_come_from_the_rotated_export_a_build_makes(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from edgekit.bench.sourceref import SourceOutputs
+    from edgekit.fit import EvalOptions
+    from edgekit.fit.search import Shared
+
+    target = load_target("x86-avx2")
+    plain = tmp_path / "plain"
+    shared = Shared(None, plain, load_source(str(tiny_model("llama"))), load_profile("local"), target, tmp_path / "w",
+                    float("inf"), EvalOptions(), SourceOutputs(tmp_path, {}), 4)
+    assert shared.parent("int4-rtn") == plain
+    rotated = shared.parent("int8-weight")
+    assert rotated != plain and shared.parent("int8-weight") == rotated  # made once
+    assert json.loads((rotated / "export.json").read_text())["rotation"]["mode"] == "full"
