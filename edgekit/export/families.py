@@ -45,18 +45,21 @@ def qkv(attn: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return weight, np.concatenate([_np(b) for b in biases]) if all(b is not None for b in biases) else None
 
 
-def gate_up(mlp: Any) -> tuple[tuple[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]:
-    """((gate [in, I], bias), (up [in, I], bias)): Phi-3's gate_up_proj sliced into the two MatMuls Llama has.
+def gate_up(w: Any, x: str, mlp: Any, p: str) -> tuple[str, str]:
+    """Write the MLP's gate and up projections of `x`; (gate, up) outputs.
 
-    Two MatMuls, not one of 2·I columns and a Split: after int4-rtn the two MatMulNBits decoded as fast or faster
-    on AVX-512 (benchmarks/phi3_gate_up.py), and each keeps the name and shape every quantizer already handles."""
-    if hasattr(mlp, "gate_up_proj"):
-        w, b = _np(mlp.gate_up_proj.weight), mlp.gate_up_proj.bias
-        half = w.shape[0] // 2
-        bias = None if b is None else _np(b)
-        return ((np.ascontiguousarray(w[:half].T), None if bias is None else bias[:half]),
-                (np.ascontiguousarray(w[half:].T), None if bias is None else bias[half:]))
-    return ((_np(mlp.gate_proj.weight).T, _bias(mlp.gate_proj)), (_np(mlp.up_proj.weight).T, _bias(mlp.up_proj)))
+    Phi-3's gate_up_proj stays one MatMul of 2·I columns and a Split: after int4-rtn that decoded 4-10 % faster
+    than two MatMuls of the sliced weight (1 thread, AVX-512; benchmarks/phi3_fused.py) — one MatMulNBits, so one
+    quantization of the activations to int8, not two. The quantizers need no names: it is a MatMul like any other."""
+    if not hasattr(mlp, "gate_up_proj"):
+        return (w.linear(x, _np(mlp.gate_proj.weight).T, _bias(mlp.gate_proj), f"{p}/mlp/gate_proj"),
+                w.linear(x, _np(mlp.up_proj.weight).T, _bias(mlp.up_proj), f"{p}/mlp/up_proj"))
+    half = int(mlp.gate_up_proj.weight.shape[0]) // 2
+    joined = w.linear(x, _np(mlp.gate_up_proj.weight).T, _bias(mlp.gate_up_proj), f"{p}/mlp/gate_up_proj")
+    name = f"{p}/mlp/gate_up_proj/Split"
+    halves = w.const(f"halves{half}", np.asarray([half, half], dtype=np.int64))
+    w.node("Split", [joined, halves], name, out=f"{name}/output_0", extra_out=[f"{name}/output_1"], axis=-1)
+    return f"{name}/output_0", f"{name}/output_1"
 
 
 def _bias(linear: Any) -> np.ndarray | None:

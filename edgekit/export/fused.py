@@ -210,9 +210,7 @@ def _write_layer(w: _Writer, layer: Any, i: int, s: Shape, residual: str, pendin
                  scale=float(s.head_dim ** -0.5), local_window_size=s.windows[i], do_rotary=1, rotary_interleaved=0)
     o = w.linear(out, _np(attn.o_proj.weight).T, _bias(attn.o_proj), f"{p}/attn/o_proj")
     x2, residual = w.skip_norm(residual, o, _np(layer.post_attention_layernorm.weight), f"{p}/post_attention_layernorm", s.eps)
-    (gate_w, gate_b), (up_w, up_b) = families.gate_up(mlp)
-    gate = w.linear(x2, gate_w, gate_b, f"{p}/mlp/gate_proj")
-    up = w.linear(x2, up_w, up_b, f"{p}/mlp/up_proj")
+    gate, up = families.gate_up(w, x2, mlp, p)
     act = w.node("Mul", [gate, w.node("Sigmoid", [gate], f"{p}/mlp/act/Sigmoid")], f"{p}/mlp/act/Mul")
     down_in = w.node("Mul", [act, up], f"{p}/mlp/Mul")
     if w.down_hadamard is not None:
