@@ -10,18 +10,29 @@ max_window_layers: layers from max_window_layers on slide).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-# Model types whose packed projections this module reads (the rest: q/k/v_proj, gate/up_proj).
-PACKED = ("phi3",)
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+    from transformers import PretrainedConfig
+
+    from edgekit.export.fused import _Writer
+
 # Model types whose attention slides only in the layers config.layer_types names "sliding_attention".
 LAYER_TYPED = ("qwen2",)
 
 
-def _np(t: Any) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().float().cpu().numpy())
+def _np(t: Tensor | None) -> np.ndarray | None:
+    return None if t is None else np.ascontiguousarray(t.detach().float().cpu().numpy())
+
+
+def _weight(linear: Module) -> np.ndarray:
+    """A Linear's weight as [in, out] (PyTorch keeps [out, in])."""
+    out: np.ndarray = np.ascontiguousarray(linear.get_parameter("weight").detach().float().cpu().numpy().T)
+    return out
 
 
 def reason(model_type: str, config: dict[str, Any]) -> str | None:
@@ -35,48 +46,47 @@ def reason(model_type: str, config: dict[str, Any]) -> str | None:
     return None
 
 
-def qkv(attn: Any) -> tuple[np.ndarray, np.ndarray | None]:
+def qkv(attn: Module) -> tuple[np.ndarray, np.ndarray | None]:
     """The packed [in, q+k+v] weight GroupQueryAttention's packed input wants, and its bias (or None)."""
-    if hasattr(attn, "qkv_proj"):
-        bias = attn.qkv_proj.bias
-        return _np(attn.qkv_proj.weight).T, None if bias is None else _np(bias)
-    weight = np.concatenate([_np(attn.q_proj.weight), _np(attn.k_proj.weight), _np(attn.v_proj.weight)]).T
-    biases = [getattr(attn, n).bias for n in ("q_proj", "k_proj", "v_proj")]
-    return weight, np.concatenate([_np(b) for b in biases]) if all(b is not None for b in biases) else None
+    packed = getattr(attn, "qkv_proj", None)
+    if packed is not None:
+        return _weight(packed), _np(packed.bias)
+    projs = [getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")]
+    biases = [b for p in projs if (b := _np(p.bias)) is not None]
+    bias = np.concatenate(biases) if len(biases) == len(projs) else None
+    return np.concatenate([_weight(p) for p in projs], axis=1), bias
 
 
-def gate_up(w: Any, x: str, mlp: Any, p: str) -> tuple[str, str]:
+def gate_up(w: _Writer, x: str, mlp: Module, p: str) -> tuple[str, str]:
     """Write the MLP's gate and up projections of `x`; (gate, up) outputs.
 
-    Phi-3's gate_up_proj stays one MatMul of 2·I columns and a Split: after int4-rtn that decoded 4-10 % faster
+    Phi-3's gate_up_proj stays one MatMul of 2·I columns and a Split: after int4-rtn that decoded 3-8 % faster
     than two MatMuls of the sliced weight (1 thread, AVX-512; benchmarks/phi3_fused.py) — one MatMulNBits, so one
     quantization of the activations to int8, not two. The quantizers need no names: it is a MatMul like any other."""
-    if not hasattr(mlp, "gate_up_proj"):
-        return (w.linear(x, _np(mlp.gate_proj.weight).T, _bias(mlp.gate_proj), f"{p}/mlp/gate_proj"),
-                w.linear(x, _np(mlp.up_proj.weight).T, _bias(mlp.up_proj), f"{p}/mlp/up_proj"))
-    half = int(mlp.gate_up_proj.weight.shape[0]) // 2
-    joined = w.linear(x, _np(mlp.gate_up_proj.weight).T, _bias(mlp.gate_up_proj), f"{p}/mlp/gate_up_proj")
+    packed = getattr(mlp, "gate_up_proj", None)
+    if packed is None:
+        gate, up = (getattr(mlp, n) for n in ("gate_proj", "up_proj"))
+        return (w.linear(x, _weight(gate), _np(gate.bias), f"{p}/mlp/gate_proj"),
+                w.linear(x, _weight(up), _np(up.bias), f"{p}/mlp/up_proj"))
+    half = int(packed.weight.shape[0]) // 2
+    joined = w.linear(x, _weight(packed), _np(packed.bias), f"{p}/mlp/gate_up_proj")
     name = f"{p}/mlp/gate_up_proj/Split"
     halves = w.const(f"halves{half}", np.asarray([half, half], dtype=np.int64))
     w.node("Split", [joined, halves], name, out=f"{name}/output_0", extra_out=[f"{name}/output_1"], axis=-1)
     return f"{name}/output_0", f"{name}/output_1"
 
 
-def _bias(linear: Any) -> np.ndarray | None:
-    return None if linear.bias is None else _np(linear.bias)
-
-
-def window_sizes(cfg: Any) -> tuple[int, ...]:
+def window_sizes(cfg: PretrainedConfig) -> tuple[int, ...]:
     """GroupQueryAttention's local_window_size per layer (-1: full attention): the config's sliding_window as is.
 
     transformers 4.57 keeps keys with kv > q - sliding_window; onnxruntime 1.32's CPU kernel with the same number
     matched it in parity on prompts 10x the window (tests/export/test_fused.py), where sliding_window - 1 did not."""
-    layers = int(cfg.num_hidden_layers)
+    layers, kind = int(cfg.num_hidden_layers), cfg.model_type
     window = getattr(cfg, "sliding_window", None)
-    if cfg.model_type == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+    if kind == "qwen2" and not getattr(cfg, "use_sliding_window", False):
         window = None
     if not window:
         return (-1,) * layers
     # Mistral's and Phi-3's attention read config.sliding_window in every layer, whatever layer_types says.
-    kinds = cfg.layer_types if cfg.model_type in LAYER_TYPED else ["sliding_attention"] * layers
-    return tuple(int(window) if kind == "sliding_attention" else -1 for kind in kinds)
+    kinds = getattr(cfg, "layer_types", None) if kind in LAYER_TYPED else None
+    return tuple(int(window) if k == "sliding_attention" else -1 for k in kinds or ["sliding_attention"] * layers)
