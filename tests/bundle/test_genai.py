@@ -81,7 +81,7 @@ def tiny_bundle(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: 
 
 
 @pytest.mark.parametrize(("arch", "method"), [("llama", "int8-weight"), ("llama", "int4-rtn"), ("qwen2", "int8-weight"),
-                                             ("phi3-swa", "int4-rtn")])
+                                             pytest.param("phi3-swa", "int4-rtn", marks=pytest.mark.slow)])
 def test_tiny_bundle_generates_the_same_tokens_in_genai(tiny_bundle, arch: str, method: str) -> None:  # type: ignore[no-untyped-def]
     assert og.__version__ == GENAI_VERSION
     bundle = tiny_bundle(arch, method)
