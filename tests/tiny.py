@@ -70,6 +70,17 @@ def _config(name: str) -> Any:
         return tf.Qwen2Config(**llama_like), tf.Qwen2ForCausalLM
     if name == "phi3":
         return tf.Phi3Config(**llama_like), tf.Phi3ForCausalLM
+    # Sliding windows far shorter than the parity prompt (~50 tokens), so a window ignored or off by one shows
+    # (not in CAUSAL: tests/export/test_fused.py). phi3-swa also rotates half of each 32-wide head, as Phi-4-mini.
+    if name == "mistral-swa":
+        return tf.MistralConfig(**{**llama_like, "sliding_window": 5}), tf.MistralForCausalLM
+    if name == "qwen2-swa":  # layers 2 and 3 slide, 0 and 1 attend to everything
+        cfg = tf.Qwen2Config(**llama_like, use_sliding_window=True, sliding_window=5, max_window_layers=2)
+        return cfg, tf.Qwen2ForCausalLM
+    if name == "phi3-swa":
+        cfg = tf.Phi3Config(**{**llama_like, "num_attention_heads": 2, "num_key_value_heads": 1},
+                            sliding_window=5, partial_rotary_factor=0.5)
+        return cfg, tf.Phi3ForCausalLM
     if name == "gemma3":
         cfg = tf.Gemma3TextConfig(head_dim=16, sliding_window=64, **llama_like)
         return cfg, tf.Gemma3ForCausalLM
@@ -99,7 +110,7 @@ def build_tiny(name: str, out: Path, tokenizers: dict[str, Any] | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     cache[kind].save_pretrained(out)
-    if name in CAUSAL or name == "llama-tied":
+    if name in CAUSAL or name in ("llama-tied", "mistral-swa", "qwen2-swa", "phi3-swa"):
         GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=1).save_pretrained(out)
     (out / "tiny.json").write_text(json.dumps({"name": name}))
     return out

@@ -29,7 +29,7 @@ GENAI_FILE = "genai_config.json"
 GENAI_VERSION = "0.15.2"
 GENAI_RUNTIME = "onnxruntime-genai"
 # GenAI model types whose decoder it runs with the generic decoder-only pipeline (config.cpp's LLM list).
-GENAI_TYPES = ("llama", "mistral", "qwen2")
+GENAI_TYPES = ("llama", "mistral", "qwen2", "phi3")
 # onnxruntime provider name → GenAI's provider_options key; CPU is GenAI's default and is not listed.
 _PROVIDERS = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml", "QNNExecutionProvider": "qnn",
               "WebGpuExecutionProvider": "webgpu", "OpenVINOExecutionProvider": "OpenVINO"}

@@ -161,7 +161,7 @@ def _rotation_for(source: SourceModel, target: Target, graph: str | None,
     if rotate is None:
         log.info("the target's rotation (%s) needs the fused writer: not applied to %s", rot.mode, source.spec)
         return RotateSettings()
-    raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2 decoders from PyTorch), which "
+    raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2/Phi-3 decoders from PyTorch), which "
                            f"does not write {source.spec}; use --rotate off")
 
 

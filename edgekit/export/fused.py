@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import UnsupportedError
+from edgekit.export import families
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("llama", "mistral", "qwen2")
+SUPPORTED = ("llama", "mistral", "qwen2", "phi3")
 MS = "com.microsoft"
 # Graph input ([1] int64, 0 = every position): how many last positions get logits; see _keep_last_positions.
 LOGITS_TO_KEEP = "num_logits_to_keep"  # = edgekit.runtime.LOGITS_TO_KEEP
@@ -45,8 +46,9 @@ class Shape:
     head_dim: int
     vocab: int
     eps: float
-    window: int
+    windows: tuple[int, ...]  # GroupQueryAttention's local_window_size per layer (-1: full)
     positions: int
+    rotary_dim: int
 
 
 def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
@@ -55,8 +57,8 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
         return f"architecture {model_type} (fused writer covers {', '.join(SUPPORTED)})"
     if config.get("hidden_act", "silu") != "silu":
         return f"activation {config.get('hidden_act')}"
-    if model_type == "qwen2" and config.get("use_sliding_window"):
-        return "Qwen2 sliding-window layers"
+    if family := families.reason(model_type, config):
+        return family
     rope = config.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
         return f"rope scaling '{rope.get('rope_type', rope.get('type'))}' (position-dependent tables)"
@@ -122,24 +124,30 @@ def _np(t: Tensor) -> np.ndarray:
 def _shape(cfg: Any) -> Shape:
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    window = getattr(cfg, "sliding_window", None) if cfg.model_type == "mistral" else None
     return Shape(
         layers=int(cfg.num_hidden_layers), hidden=int(cfg.hidden_size), heads=heads,
         kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads), head_dim=head_dim,
-        vocab=int(cfg.vocab_size), eps=float(cfg.rms_norm_eps), window=int(window) if window else -1,
+        vocab=int(cfg.vocab_size), eps=float(cfg.rms_norm_eps), windows=families.window_sizes(cfg),
         positions=min(int(cfg.max_position_embeddings), MAX_ROTARY_POSITIONS),
+        rotary_dim=int(head_dim * float(getattr(cfg, "partial_rotary_factor", None) or 1.0)),
     )
 
 
 def _rotary_tables(model: Any, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [positions, head_dim/2] from the model's own rotary module (so rope scaling is honoured)."""
+    """cos/sin [positions, rotary_dim/2] from the model's own rotary module (so rope scaling is honoured); a
+    partial rotary (Phi-3's partial_rotary_factor) gives narrower tables, and GroupQueryAttention rotates that many
+    leading dims of each head."""
     import torch
 
     rotary = model.model.rotary_emb
     pos = torch.arange(shape.positions, dtype=torch.int64)[None, :]
     with torch.no_grad():
         cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
-    half = shape.head_dim // 2
+    half = shape.rotary_dim // 2
+    if cos.shape[-1] != shape.rotary_dim:
+        raise UnsupportedError(f"rotary tables of width {cos.shape[-1]}, expected {shape.rotary_dim}")
+    if half % 8:  # onnxruntime 1.32 refuses the node at run time otherwise
+        raise UnsupportedError(f"a rotary width of {shape.rotary_dim} (GroupQueryAttention wants a multiple of 16)")
     return _np(cos[0, :, :half]), _np(sin[0, :, :half])
 
 
@@ -194,19 +202,15 @@ def _write_layer(w: _Writer, layer: Any, i: int, s: Shape, residual: str, pendin
                    f"{p}/input_layernorm", epsilon=s.eps, axis=-1, stash_type=1)
     else:
         x, residual = w.skip_norm(residual, pending, norm_w, f"{p}/input_layernorm", s.eps)
-    qkv_w = np.concatenate([_np(attn.q_proj.weight), _np(attn.k_proj.weight), _np(attn.v_proj.weight)]).T
-    biases = [getattr(attn, n).bias for n in ("q_proj", "k_proj", "v_proj")]
-    qkv_b = np.concatenate([_np(b) for b in biases]) if all(b is not None for b in biases) else None
-    qkv = w.linear(x, qkv_w, qkv_b, f"{p}/attn/qkv_proj")
+    qkv = w.linear(x, *families.qkv(attn), f"{p}/attn/qkv_proj")
     gqa_in = [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
               "total_sequence_length", "cos_cache", "sin_cache"]
     out = w.node("GroupQueryAttention", gqa_in, f"{p}/attn/GroupQueryAttention", domain=MS,
                  extra_out=[f"present.{i}.key", f"present.{i}.value"], num_heads=s.heads, kv_num_heads=s.kv_heads,
-                 scale=float(s.head_dim ** -0.5), local_window_size=s.window, do_rotary=1, rotary_interleaved=0)
+                 scale=float(s.head_dim ** -0.5), local_window_size=s.windows[i], do_rotary=1, rotary_interleaved=0)
     o = w.linear(out, _np(attn.o_proj.weight).T, _bias(attn.o_proj), f"{p}/attn/o_proj")
     x2, residual = w.skip_norm(residual, o, _np(layer.post_attention_layernorm.weight), f"{p}/post_attention_layernorm", s.eps)
-    gate = w.linear(x2, _np(mlp.gate_proj.weight).T, _bias(mlp.gate_proj), f"{p}/mlp/gate_proj")
-    up = w.linear(x2, _np(mlp.up_proj.weight).T, _bias(mlp.up_proj), f"{p}/mlp/up_proj")
+    gate, up = families.gate_up(w, x2, mlp, p)
     act = w.node("Mul", [gate, w.node("Sigmoid", [gate], f"{p}/mlp/act/Sigmoid")], f"{p}/mlp/act/Mul")
     down_in = w.node("Mul", [act, up], f"{p}/mlp/Mul")
     if w.down_hadamard is not None:

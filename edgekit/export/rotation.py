@@ -194,18 +194,21 @@ def _online_text(down: tuple[np.ndarray | None, np.ndarray, np.ndarray] | None, 
 def _rotate_layer(layer: Any, q: np.ndarray, h_head: np.ndarray | None, h_down: np.ndarray | None) -> None:
     """PyTorch Linear weights are [out, in] (y = x·Wᵀ): inputs rotate as W·diag(g)·Q, outputs as Qᵀ·W."""
     attn, mlp = layer.self_attn, layer.mlp
-    for norm, linears in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-                          (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+    packed = hasattr(attn, "qkv_proj")  # Phi-3: q, k, v rows in one Linear; gate and up halves in another
+    qkv = (attn.qkv_proj,) if packed else (attn.q_proj, attn.k_proj, attn.v_proj)
+    gate_up = (mlp.gate_up_proj,) if hasattr(mlp, "gate_up_proj") else (mlp.gate_proj, mlp.up_proj)
+    for norm, linears in ((layer.input_layernorm, qkv), (layer.post_attention_layernorm, gate_up)):
         g = _get(norm.weight)
         for lin in linears:
             _set(lin.weight, (_get(lin.weight) * g[None, :]) @ q)
         norm.weight.fill_(1.0)
     o_w = _get(attn.o_proj.weight)
     if h_head is not None:
-        v_w = _get(attn.v_proj.weight)
-        _set(attn.v_proj.weight, _per_block(v_w.T, h_head).T)
-        if attn.v_proj.bias is not None:
-            _set(attn.v_proj.bias, _per_block(_get(attn.v_proj.bias)[None, :], h_head)[0])
+        v_lin = attn.qkv_proj if packed else attn.v_proj
+        v_rows = slice(-(o_w.shape[1] // attn.num_key_value_groups), None) if packed else slice(None)  # v: last
+        _set(v_lin.weight[v_rows], _per_block(_get(v_lin.weight[v_rows]).T, h_head).T)
+        if v_lin.bias is not None:
+            _set(v_lin.bias[v_rows], _per_block(_get(v_lin.bias[v_rows])[None, :], h_head)[0])
         o_w = _per_block(o_w, h_head)
     _set(attn.o_proj.weight, q.T @ o_w)
     d_w = _get(mlp.down_proj.weight)

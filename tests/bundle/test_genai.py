@@ -80,10 +80,12 @@ def tiny_bundle(tiny_model, tmp_path_factory: pytest.TempPathFactory):  # type: 
     return get
 
 
-@pytest.mark.parametrize(("arch", "method"), [("llama", "int8-weight"), ("llama", "int4-rtn"), ("qwen2", "int8-weight")])
+@pytest.mark.parametrize(("arch", "method"), [("llama", "int8-weight"), ("llama", "int4-rtn"), ("qwen2", "int8-weight"),
+                                             pytest.param("phi3-swa", "int4-rtn", marks=pytest.mark.slow)])
 def test_tiny_bundle_generates_the_same_tokens_in_genai(tiny_bundle, arch: str, method: str) -> None:  # type: ignore[no-untyped-def]
     assert og.__version__ == GENAI_VERSION
     bundle = tiny_bundle(arch, method)
+    # phi3-swa: Phi-3's packed projections, a partial rotary and a window of 5 under 32 new tokens.
     # int8-weight builds rotate by default (online Hadamard nodes in the graph): GenAI must run them alike.
     rotation = json.loads((bundle / "edgekit.json").read_text())["settings"]["export"]["rotation"]
     assert rotation["mode"] == ("full" if method == "int8-weight" else "off")

@@ -40,7 +40,7 @@ def _greedy_logits(folder: Path, steps: int = 4) -> np.ndarray:
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "phi3"])
 def test_fused_graph_matches_optimum_and_pytorch(name: str, tiny_model: Any, tmp_path: Path) -> None:
     src = load_source(str(tiny_model(name)))
     fused_dir = export(src, AVX2, tmp_path / "fused", graph="fused").path
@@ -51,9 +51,44 @@ def test_fused_graph_matches_optimum_and_pytorch(name: str, tiny_model: Any, tmp
     ops = _ops(fused_dir)
     layers = src.config["num_hidden_layers"]
     assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+    # Every family the same 11 nodes a layer: 2 norms, qkv, GQA, o_proj, gate and up (Phi-3: gate_up and Split),
+    # Sigmoid, 2 Mul, down; plus an Add per biased linear (Qwen2's qkv).
+    layer = [n.op_type for n in onnx.load(str(fused_dir / "model.onnx"), load_external_data=False).graph.node
+             if n.name.startswith("/model/layers.1/")]
+    assert len(layer) - layer.count("Add") == 11 and layer.count("Add") == (1 if name == "qwen2" else 0)
     assert sum(ops.values()) < sum(_ops(traced_dir).values()) / 3
     # Prefill then four KV-cache steps: the same logits as optimum's traced graph.
     np.testing.assert_allclose(_greedy_logits(fused_dir), _greedy_logits(traced_dir), atol=2e-4, rtol=1e-4)
+
+
+def _torch_greedy_logits(folder: Path, steps: int = 4) -> np.ndarray:
+    """_greedy_logits from PyTorch itself (its own KV cache), for configs optimum's trace is not trusted with."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 11]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=steps + 1, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    return np.stack([row[0].numpy() for row in out.logits])
+
+
+@pytest.mark.parametrize(("name", "windows"), [("mistral-swa", [5] * 4), ("qwen2-swa", [-1, -1, 5, 5]),
+                                               ("phi3-swa", [5] * 4)])
+def test_sliding_windows_match_pytorch(name: str, windows: list[int], tiny_model: Any, tmp_path: Path) -> None:
+    """Windows of 5 under a ~50-token parity prompt and a 12-position generation: a window dropped, put on the
+    wrong layers or off by one fails parity (checked: sliding_window - 1 gives top-1 agreement ~0.2)."""
+    src = load_source(str(tiny_model(name)))
+    folder = export(src, AVX2, tmp_path / "fused", graph="fused").path
+    record = json.loads((folder / "export.json").read_text())
+    assert record["graph"]["writer"] == "edgekit.fused"
+    assert record["parity"]["passed"] and record["parity"]["top1_agreement"] == 1.0
+    gqa = [n for n in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node
+           if n.op_type == "GroupQueryAttention"]
+    assert [onnx.helper.get_attribute_value(a) for n in gqa for a in n.attribute if a.name == "local_window_size"] \
+        == windows
+    np.testing.assert_allclose(_greedy_logits(folder), _torch_greedy_logits(tiny_model(name)), atol=2e-4, rtol=1e-4)
 
 
 def test_writer_choice(tiny_model: Any) -> None:
@@ -70,6 +105,10 @@ def test_unsupported_configs_are_named() -> None:
     assert "gelu" in (fused.unsupported_reason("llama", {"hidden_act": "gelu"}) or "")
     assert "dynamic" in (fused.unsupported_reason("llama", {"rope_scaling": {"rope_type": "dynamic"}}) or "")
     assert "gpt2" in (fused.unsupported_reason("gpt2", {}) or "")
+    longrope = {"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}}
+    assert "longrope" in (fused.unsupported_reason("phi3", longrope) or "")
+    assert fused.unsupported_reason("phi3", {"sliding_window": 2047}) is None
+    assert fused.unsupported_reason("qwen2", {"use_sliding_window": True, "sliding_window": 4096}) is None
 
 
 def test_cli_fused_for_an_encoder_exits_2(tiny_model: Any, tmp_path: Path) -> None:

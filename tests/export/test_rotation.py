@@ -47,7 +47,8 @@ def test_residual_rotation_falls_back_to_orthogonal() -> None:
     assert not np.allclose(q, q2)  # the seed matters, and is recorded
 
 
-@pytest.mark.parametrize(("name", "block"), [("llama", 32), ("mistral", 32), ("qwen2", 32), ("qwen2", 0)])
+@pytest.mark.parametrize(("name", "block"), [("llama", 32), ("mistral", 32), ("qwen2", 32), ("qwen2", 0),
+                                                 ("phi3", 32)])
 def test_full_rotation_keeps_float_parity(name: str, block: int, tiny_model: Any, tmp_path: Path) -> None:
     src = load_source(str(tiny_model(name)))
     plain = export(src, AVX2, tmp_path / "plain", parity=False)
