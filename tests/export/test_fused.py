@@ -51,11 +51,12 @@ def test_fused_graph_matches_optimum_and_pytorch(name: str, tiny_model: Any, tmp
     ops = _ops(fused_dir)
     layers = src.config["num_hidden_layers"]
     assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
-    # Every family the same 11 nodes a layer: 2 norms, qkv, GQA, o_proj, gate and up (Phi-3: gate_up and Split),
-    # Sigmoid, 2 Mul, down; plus an Add per biased linear (Qwen2's qkv).
+    # Every family the same 11 nodes a layer: 2 norms, qkv, GQA, o_proj, gate_up and its Split (one MatMulNBits
+    # after quantization, not two), Sigmoid, 2 Mul, down; plus an Add per biased linear (Qwen2's qkv).
     layer = [n.op_type for n in onnx.load(str(fused_dir / "model.onnx"), load_external_data=False).graph.node
              if n.name.startswith("/model/layers.1/")]
     assert len(layer) - layer.count("Add") == 11 and layer.count("Add") == (1 if name == "qwen2" else 0)
+    assert layer.count("MatMul") == 4 and layer.count("Split") == 1
     assert sum(ops.values()) < sum(_ops(traced_dir).values()) / 3
     # Prefill then four KV-cache steps: the same logits as optimum's traced graph.
     np.testing.assert_allclose(_greedy_logits(fused_dir), _greedy_logits(traced_dir), atol=2e-4, rtol=1e-4)
