@@ -30,7 +30,8 @@ LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "full
 PROMPT = [(7 * i + 3) % 500 + 2 for i in range(40)]  # 5x the window
 
 
-def _variant_model(base: Path, window: int = WINDOW) -> Any:
+def _variant_model(base: Path, window: int = WINDOW, **shape: Any) -> Any:
+    """The variant (see above); `shape`: other config keys, whose weights are then random, not the base's."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -38,9 +39,11 @@ def _variant_model(base: Path, window: int = WINDOW) -> Any:
     cfg.update(sliding_window=window, layer_types=LAYER_TYPES, rope_theta=50_000.0, rope_local_base_freq=10_000.0,
                rope_scaling={"rope_type": "linear", "factor": 2.0}, query_pre_attn_scalar=24,
                final_logit_softcapping=4.0)
+    cfg.update(shape)
     torch.manual_seed(1)
     model = Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).eval()
-    model.load_state_dict(Gemma3ForCausalLM.from_pretrained(base).state_dict())
+    if not shape:
+        model.load_state_dict(Gemma3ForCausalLM.from_pretrained(base).state_dict())
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -98,6 +101,23 @@ def test_fused_gemma3_matches_pytorch_beyond_the_window(variant: Path, fused_exp
     # Generation's shared KV buffer (GQA updates it in place) picks the same tokens as the fed-back cache.
     dec = Decoder(make_session(fused_export / "model.onnx"))
     assert dec.shared_kv and dec.generate(PROMPT, 6).tokens == ids[len(PROMPT):]
+
+
+def test_gemma3_1b_shaped_heads_and_a_tied_head(tiny_model: Any, tmp_path: Path) -> None:
+    """Gemma-3 1B's attention shape (head_dim 256, one KV head, a global layer every 6th) and a tied lm_head."""
+    model = _variant_model(tiny_model("gemma3"), layer_types=None, sliding_window_pattern=6, num_hidden_layers=7,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+                           tie_word_embeddings=True, rope_scaling=None, final_logit_softcapping=None)
+    assert model.config.layer_types.count("full_attention") == 1 and model.lm_head.weight is model.model.embed_tokens.weight
+    src = tmp_path / "src"
+    model.save_pretrained(src, safe_serialization=True)
+    for f in tiny_model("gemma3").iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.copy2(f, src / f.name)
+    art = export(load_source(str(src)), AVX2, tmp_path / "fused", graph="fused")
+    got, ids = _onnx_logits(art.path, PROMPT, steps=4)
+    want = _torch_logits(model, ids)[: len(got)]
+    np.testing.assert_allclose(got, want, atol=2e-4 * float(np.abs(want).max()), rtol=1e-4)
 
 
 def test_fused_gemma3_graph_layout(variant: Path, fused_export: Path) -> None:
