@@ -1,8 +1,10 @@
 """Gemma-3 (text): the fused writer's graph vs optimum's traced one after `compress int4-rtn` (1 thread).
 
-    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/gemma3_fused.py -o /tmp/g3bench [--rounds 5] [--source DIR]
+    OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/gemma3_fused.py -o /tmp/g3bench [--rounds 5] [--size 270m]
 
-Default source: the tiny gemma3 of tests/tiny.py (4 layers, hidden 64, all sliding with a 64 window). Both graphs
+Source: the tiny gemma3 of tests/tiny.py (4 layers, hidden 64, all sliding with a 64 window), or with --size 270m
+the same config at Gemma-3 270M's layer sizes (18 layers, hidden 640, 4 heads / 1 KV head of 256, a global layer
+every 6th, window 512, tied lm_head; vocab stays 512, weights random), or --source DIR. Both graphs
 are exported from the same source and quantized the same way (target x86-avx2's int4-rtn); the two decoders are
 timed in interleaved rounds, a 64-token prompt then 64 greedy tokens; tok/s = 1 / median step, TTFT = prefill +
 first token. Prints nodes per graph, tok/s per round, the median ratio, and the 1-minute host load before/after.
@@ -19,6 +21,34 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def source_folder(out: Path, size: str) -> Path:
+    """tests/tiny.py's gemma3, or (270m) its config at Gemma-3 270M's layer sizes with random weights."""
+    import shutil
+
+    from tests.tiny import build_tiny
+
+    tiny = out / "tiny-gemma3"
+    if not (tiny / "config.json").is_file():
+        build_tiny("gemma3", tiny)
+    if size == "tiny":
+        return tiny
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = out / "gemma3-270m-shaped"
+    if not (folder / "config.json").is_file():
+        cfg = {k: v for k, v in json.loads((tiny / "config.json").read_text()).items() if k != "layer_types"}
+        cfg.update(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+                   max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.02, rope_theta=1e6)
+        torch.manual_seed(0)
+        Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).save_pretrained(folder)
+        for f in tiny.iterdir():
+            if f.name not in ("config.json", "model.safetensors"):
+                shutil.copy2(f, folder / f.name)
+    return folder
 
 
 def build(out: Path, source: Any, target: Any, graph: str) -> Path:
@@ -61,7 +91,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", type=Path, default=Path("/tmp/g3bench"))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--source", type=Path, default=None, help="a Gemma-3 HF folder (default: the tiny one)")
+    ap.add_argument("--source", type=Path, default=None, help="a Gemma-3 HF folder (default: built, see --size)")
+    ap.add_argument("--size", choices=["tiny", "270m"], default="tiny")
     args = ap.parse_args()
 
     import torch
@@ -71,13 +102,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    src_dir = args.source
-    if src_dir is None:
-        from tests.tiny import build_tiny
-
-        src_dir = args.out / "tiny-gemma3"
-        if not (src_dir / "config.json").is_file():
-            build_tiny("gemma3", src_dir)
+    src_dir = args.source or source_folder(args.out, args.size)
     target, source = load_target("x86-avx2"), load_source(str(src_dir))
     folders = {g: build(args.out, source, target, g) for g in ("fused", "optimum")}
     load_before = os.getloadavg()[0]
