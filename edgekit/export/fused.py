@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import UnsupportedError
+from edgekit.export import gemma3
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gemma3_text")
+SUPPORTED = ("llama", "mistral", "qwen2", gemma3.MODEL_TYPE)
 MS = "com.microsoft"
 # Graph input ([1] int64, 0 = every position): how many last positions get logits; see _keep_last_positions.
 LOGITS_TO_KEEP = "num_logits_to_keep"  # = edgekit.runtime.LOGITS_TO_KEEP
@@ -54,9 +55,7 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
     """Why the fused writer cannot write this model (None when it can)."""
     if model_type not in SUPPORTED:
         return f"architecture {model_type} (fused writer covers {', '.join(SUPPORTED)})"
-    if model_type == "gemma3_text":  # its own module: edgekit.export.gemma3
-        from edgekit.export import gemma3
-
+    if model_type == gemma3.MODEL_TYPE:  # its own module: edgekit.export.gemma3
         return gemma3.unsupported_reason(config)
     if config.get("hidden_act", "silu") != "silu":
         return f"activation {config.get('hidden_act')}"
@@ -70,9 +69,7 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
 
 def rotation_refused(model_type: str) -> str | None:
     """Why edgekit.export.rotation cannot rotate this architecture (None: it can)."""
-    if model_type == "gemma3_text":
-        from edgekit.export import gemma3
-
+    if model_type == gemma3.MODEL_TYPE:
         return gemma3.NO_ROTATION
     return None
 
@@ -99,9 +96,7 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
         model, plan = rotation.apply(model, rotate, in_place=consume)
         w.down_hadamard = plan.down_hadamard
     _write_inputs(w, shape)
-    if model.config.model_type == "gemma3_text":
-        from edgekit.export import gemma3
-
+    if model.config.model_type == gemma3.MODEL_TYPE:
         gemma3.write_body(w, model, shape, spool, opset)
     else:
         _write_body(w, model, shape, spool, plan)
@@ -129,7 +124,7 @@ def _write_body(w: _Writer, model: Any, shape: Shape, spool: stream.Spool, plan:
 
     hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
                     "/model/embed_tokens")
-    cos, sin = _rotary_tables(model, shape)
+    cos, sin = _rotary_tables(model.model.rotary_emb, shape)
     w.init_named("cos_cache", cos)
     w.init_named("sin_cache", sin)
     residual, pending = hidden, None
@@ -160,11 +155,10 @@ def _shape(cfg: Any) -> Shape:
     )
 
 
-def _rotary_tables(model: Any, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+def _rotary_tables(rotary: Any, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [positions, head_dim/2] from the model's own rotary module (so rope scaling is honoured)."""
     import torch
 
-    rotary = model.model.rotary_emb
     pos = torch.arange(shape.positions, dtype=torch.int64)[None, :]
     with torch.no_grad():
         cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)

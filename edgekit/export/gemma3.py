@@ -25,13 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from torch.nn import Linear
     from transformers.models.gemma3.modeling_gemma3 import (
         Gemma3Attention,
         Gemma3DecoderLayer,
         Gemma3ForCausalLM,
         Gemma3RMSNorm,
-        Gemma3RotaryEmbedding,
     )
 
     from edgekit.export.fused import Shape, _Writer
@@ -59,7 +57,7 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
 
 def write_body(w: _Writer, model: Gemma3ForCausalLM, shape: Shape, spool: Spool, opset: int) -> None:
     """Embedding → layers → final norm → lm_head → "logits", after the writer's inputs."""
-    from edgekit.export.fused import _keep_last_positions, _np
+    from edgekit.export.fused import _keep_last_positions, _np, _rotary_tables
 
     cfg = model.config
     table = w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight))
@@ -97,21 +95,9 @@ def _gain(norm: Gemma3RMSNorm) -> np.ndarray:
     return 1.0 + _np(norm.weight)
 
 
-def _rotary_tables(rotary: Gemma3RotaryEmbedding, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    from edgekit.export.fused import _np
-
-    pos = torch.arange(shape.positions, dtype=torch.int64)[None, :]
-    with torch.no_grad():
-        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
-    half = shape.head_dim // 2
-    return _np(cos[0, :, :half]), _np(sin[0, :, :half])
-
-
 def _write_layer(w: _Writer, layer: Gemma3DecoderLayer, i: int, s: Shape, residual: str, pending: str | None, window: int,
                  opset: int) -> tuple[str, str]:
-    from edgekit.export.fused import MS, _np
+    from edgekit.export.fused import MS, _bias, _np
 
     p = f"/model/layers.{i}"
     attn, mlp = layer.self_attn, layer.mlp
@@ -167,8 +153,3 @@ def _norm(w: _Writer, x: str, gain: np.ndarray, name: str, eps: float) -> str:
     return w.node("SimplifiedLayerNormalization", [x, w.init(f"{name}.weight", gain)], name, epsilon=eps, axis=-1,
                   stash_type=1)
 
-
-def _bias(linear: Linear) -> np.ndarray | None:
-    from edgekit.export.fused import _np
-
-    return None if linear.bias is None else _np(linear.bias)
