@@ -17,7 +17,7 @@ from edgekit.kinds import ROTATE_MODES
 @click.option("--task", default=None, help="Force the task: text-generation, text-classification, feature-extraction.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's).")
 @click.option("--graph", type=click.Choice(["auto", "fused", "optimum"]), default=None,
-              help="Decoder graph writer: fused (GroupQueryAttention, Llama/Mistral/Qwen2), optimum, or auto "
+              help="Decoder graph writer: fused (GroupQueryAttention, Llama/Mistral/Qwen2/Gemma-3), optimum, or auto "
                    "(default: the target's, auto).")
 @click.option("--rotate", type=click.Choice(ROTATE_MODES), default=None,
               help="QuaRot-style rotation in the fused graph, exact in float: residual, heads (+ value/o_proj "

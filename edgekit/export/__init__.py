@@ -148,19 +148,25 @@ def _rotation_for(source: SourceModel, target: Target, graph: str | None,
                   rotate: RotateSettings | str | None) -> RotateSettings:
     """The rotation this export applies. Asked for explicitly where the fused writer cannot write: UnsupportedError;
     a target's default rotation is skipped there (a target serves encoders and traced graphs too)."""
+    from edgekit.export import fused
+
     rot = rotate_settings(target, rotate)
     if rot.mode == "off":
         return rot
     try:
-        fused = source.format != "onnx" and source.task in OPTIMUM_TASKS and \
+        writes_fused = source.format != "onnx" and source.task in OPTIMUM_TASKS and \
             choose_writer(source, graph or target.export.graph) == "fused"
     except UnsupportedError:
-        fused = False
-    if fused:
+        writes_fused = False
+    refused = fused.rotation_refused(source.model_type) if writes_fused else None
+    if writes_fused and not refused:
         return rot
     if rotate is None:
-        log.info("the target's rotation (%s) needs the fused writer: not applied to %s", rot.mode, source.spec)
+        log.info("the target's rotation (%s) is not applied to %s: %s", rot.mode, source.spec,
+                 refused or "it needs the fused writer")
         return RotateSettings()
+    if refused:
+        raise UnsupportedError(f"--rotate {rot.mode}: {refused}; use --rotate off")
     raise UnsupportedError(f"--rotate needs the fused writer (Llama/Mistral/Qwen2/Phi-3 decoders from PyTorch), which "
                            f"does not write {source.spec}; use --rotate off")
 

@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import UnsupportedError
-from edgekit.export import families
+from edgekit.export import families, gemma3
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from edgekit.export import rotation, stream
     from edgekit.specs import RotateSettings
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("llama", "mistral", "qwen2", "phi3")
+SUPPORTED = ("llama", "mistral", "qwen2", "phi3", gemma3.MODEL_TYPE)
 MS = "com.microsoft"
 # Graph input ([1] int64, 0 = every position): how many last positions get logits; see _keep_last_positions.
 LOGITS_TO_KEEP = "num_logits_to_keep"  # = edgekit.runtime.LOGITS_TO_KEEP
@@ -55,6 +56,8 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
     """Why the fused writer cannot write this model (None when it can)."""
     if model_type not in SUPPORTED:
         return f"architecture {model_type} (fused writer covers {', '.join(SUPPORTED)})"
+    if model_type == gemma3.MODEL_TYPE:  # its own module: edgekit.export.gemma3
+        return gemma3.unsupported_reason(config)
     if config.get("hidden_act", "silu") != "silu":
         return f"activation {config.get('hidden_act')}"
     if family := families.reason(model_type, config):
@@ -62,6 +65,13 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
     rope = config.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
         return f"rope scaling '{rope.get('rope_type', rope.get('type'))}' (position-dependent tables)"
+    return None
+
+
+def rotation_refused(model_type: str) -> str | None:
+    """Why edgekit.export.rotation cannot rotate this architecture (None: it can)."""
+    if model_type == gemma3.MODEL_TYPE:
+        return gemma3.NO_ROTATION
     return None
 
 
@@ -81,24 +91,16 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
     spool = stream.Spool(out_file.parent)  # tensors go to disk layer by layer, not all held to the end
     plan = None
     if rotate is not None and rotate.mode != "off":
+        refused = rotation_refused(model.config.model_type)
+        if refused:
+            raise UnsupportedError(f"--rotate {rotate.mode}: {refused}; use --rotate off")
         model, plan = rotation.apply(model, rotate, in_place=consume)
         w.down_hadamard = plan.down_hadamard
     _write_inputs(w, shape)
-    hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
-                    "/model/embed_tokens")
-    cos, sin = _rotary_tables(model, shape)
-    w.init_named("cos_cache", cos)
-    w.init_named("sin_cache", sin)
-    residual, pending = hidden, None
-    for i, layer in enumerate(model.model.layers):
-        residual, pending = _write_layer(w, layer, i, shape, residual, pending)
-        spool.take(w.inits)
-    normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
-    normed = _keep_last_positions(w, normed)
-    if plan is not None and plan.head_matrix is not None:
-        normed = w.linear(normed, plan.head_matrix, None, f"/model{rotation.ROTATE_MARK}norm_gain")
-    lm_head = _np(model.lm_head.weight).T
-    w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
+    if model.config.model_type == gemma3.MODEL_TYPE:
+        gemma3.write_body(w, model, shape, spool, opset)
+    else:
+        _write_body(w, model, shape, spool, plan)
     graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs)  # initializers: below
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(MS, 1)],
                                    producer_name="edgekit")
@@ -117,6 +119,27 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
             **({"rotation": plan.info} if plan is not None else {})}
 
 
+def _write_body(w: _Writer, model: Any, shape: Shape, spool: stream.Spool, plan: rotation.Plan | None) -> None:
+    """Embedding → layers → final norm → lm_head → "logits" of a Llama-family decoder, after the inputs."""
+    from edgekit.export import rotation
+
+    hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
+                    "/model/embed_tokens")
+    cos, sin = _rotary_tables(model.model.rotary_emb, shape)
+    w.init_named("cos_cache", cos)
+    w.init_named("sin_cache", sin)
+    residual, pending = hidden, None
+    for i, layer in enumerate(model.model.layers):
+        residual, pending = _write_layer(w, layer, i, shape, residual, pending)
+        spool.take(w.inits)
+    normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
+    normed = _keep_last_positions(w, normed)
+    if plan is not None and plan.head_matrix is not None:
+        normed = w.linear(normed, plan.head_matrix, None, f"/model{rotation.ROTATE_MARK}norm_gain")
+    lm_head = _np(model.lm_head.weight).T
+    w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
+
+
 def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
@@ -133,13 +156,12 @@ def _shape(cfg: Any) -> Shape:
     )
 
 
-def _rotary_tables(model: Any, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+def _rotary_tables(rotary: Any, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [positions, rotary_dim/2] from the model's own rotary module (so rope scaling is honoured); a
     partial rotary (Phi-3's partial_rotary_factor) gives narrower tables, and GroupQueryAttention rotates that many
     leading dims of each head."""
     import torch
 
-    rotary = model.model.rotary_emb
     pos = torch.arange(shape.positions, dtype=torch.int64)[None, :]
     with torch.no_grad():
         cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
