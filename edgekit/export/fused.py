@@ -13,6 +13,7 @@ against PyTorch is checked like any export.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ MS = "com.microsoft"
 LOGITS_TO_KEEP = "num_logits_to_keep"  # = edgekit.runtime.LOGITS_TO_KEEP
 # Rotary tables cover this many positions at most; longer contexts are refused by GroupQueryAttention.
 MAX_ROTARY_POSITIONS = 32768
+RAW_TENSOR_BYTES = 1 << 20  # from this size an initializer is serialized from its array (edgekit.export.stream)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def unsupported_reason(model_type: str, config: dict[str, Any]) -> str | None:
 def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | None = None,
           consume: bool = False) -> dict[str, Any]:
     """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`; `consume`: the
-    caller no longer needs `model`, so a rotation may change it in place instead of copying it."""
+    caller no longer needs `model`, so a rotation may change it in place instead of copying it, and each layer's
+    weights are freed once written."""
     import onnx
 
     from edgekit.export import rotation, stream
@@ -91,6 +94,10 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
     for i, layer in enumerate(model.model.layers):
         residual, pending = _write_layer(w, layer, i, shape, residual, pending)
         spool.take(w.inits)
+        if consume:
+            _free(layer)
+    if consume and model.lm_head.weight is not model.model.embed_tokens.weight:
+        _free(model.model.embed_tokens)
     normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
     normed = _keep_last_positions(w, normed)
     if plan is not None and plan.head_matrix is not None:
@@ -103,7 +110,8 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
     onnx.helper.set_model_props(proto, {"edgekit.kv_cache": "shared-buffer"})  # see edgekit.runtime._SharedCache
     total = spool.nbytes + sum(t.ByteSize() for t in w.inits)
     if total > 1_500_000_000:  # onnx writes external data from a whole ModelProto: read the spool back
-        proto.graph.initializer.extend(spool.read_all() + w.inits)
+        proto.graph.initializer.extend(spool.read_all() + [t.proto() if isinstance(t, stream.RawTensor) else t
+                                                            for t in w.inits])
         w.inits.clear()
         onnx.save_model(proto, str(out_file), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=out_file.name + ".data", size_threshold=1024)
@@ -113,6 +121,17 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
     return {"writer": "edgekit.fused", "nodes": len(w.nodes), "layers": shape.layers,
             "attention": "GroupQueryAttention (rotary inside)", "rotary_positions": shape.positions,
             **({"rotation": plan.info} if plan is not None else {})}
+
+
+def _free(module: Any) -> None:
+    """Drop a written module's weights: the model shrinks as the file grows, instead of both held to the end."""
+    import torch
+
+    from edgekit.util import trim_heap
+
+    for p in module.parameters():
+        p.data = torch.empty(0, dtype=p.dtype)
+    trim_heap()
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -235,7 +254,10 @@ class _Writer:
     def init_named(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        self.inits.append(numpy_helper.from_array(array, name))
+        from edgekit.export import stream
+
+        big = array.nbytes >= RAW_TENSOR_BYTES and sys.byteorder == "little"  # raw_data is little-endian
+        self.inits.append(stream.RawTensor(name, array) if big else numpy_helper.from_array(array, name))
         return name
 
     def init(self, name: str, array: np.ndarray) -> str:
