@@ -44,6 +44,7 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
     opts = ort.SessionOptions()
     if not prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.enable_cpu_mem_arena = False
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
