@@ -105,19 +105,22 @@ class StageProcess:
     def _wait(self, conn: Connection) -> tuple[str, Any, str, float]:
         from multiprocessing.connection import wait
 
-        assert self._proc is not None
+        proc = self._proc
+        assert proc is not None
         while True:
-            ready = wait([conn, self._proc.sentinel])
-            if conn in ready or conn.poll():
-                try:
-                    msg = conn.recv()
-                except EOFError:
-                    continue  # the worker is gone: its sentinel says how
-                if msg[0] in ("ok", "error"):
-                    return msg  # type: ignore[no-any-return]
-                _forward(msg)
-            elif self._proc.sentinel in ready:
-                raise RuntimeError(f"the stage worker process died ({_how(self._proc.exitcode)})")
+            wait([conn, proc.sentinel])
+            try:
+                msg = conn.recv() if conn.poll() else None
+            except (EOFError, OSError):
+                msg = None  # the worker is gone
+            if msg is None:
+                if not proc.is_alive() or conn.closed:
+                    proc.join(5)  # reaped: its exit code says how it ended
+                    raise RuntimeError(f"the stage worker process died ({_how(proc.exitcode)})")
+                continue
+            if msg[0] in ("ok", "error"):
+                return msg  # type: ignore[no-any-return]
+            _forward(msg)
 
     def _unwind(self) -> None:
         """Interrupt the worker (SIGTERM, which it turns into KeyboardInterrupt) and let it clean up; then kill it."""
