@@ -89,11 +89,13 @@ class OnnxArtifact:
             task = detect_task(json.loads(cfg.read_text()))
         return cls(folder, str(task), meta)
 
-    def session(self, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> InferenceSession:
-        """An onnxruntime session with a fixed thread count (reproducible latency) and the given providers."""
+    def session(self, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None,
+                prepack: bool = True) -> InferenceSession:
+        """An onnxruntime session with a fixed thread count (reproducible latency) and the given providers
+        (`prepack`: edgekit.runtime.make_session)."""
         from edgekit.runtime import make_session
 
         try:
-            return make_session(self.model_file, threads=threads, providers=providers)
+            return make_session(self.model_file, threads=threads, providers=providers, prepack=prepack)
         except Exception as exc:
             raise InputError(f"{self.model_file}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc

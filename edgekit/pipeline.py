@@ -22,6 +22,7 @@ from edgekit.artifact import OnnxArtifact
 from edgekit.errors import EdgekitError, InputError
 from edgekit.records import set_sanity
 from edgekit.specs import Profile, Target
+from edgekit.stageproc import StageProcess
 
 if TYPE_CHECKING:
     from edgekit.gate import GateResult
@@ -32,6 +33,8 @@ from edgekit.util import exclusive, is_user_os_error, peak_rss_mb, release_memor
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+SCOPE = "per stage: build process + stage worker"
+LEAN_MMAP_THRESHOLD = 128 << 10  # edgekit.stageproc.StageProcess
 # What to do when a stage fails, said once here rather than at every raise site.
 STAGE_HINTS = {
     "source": "check the SOURCE path or name",
@@ -81,6 +84,7 @@ class _Stages:
         self.previous = previous or {}
         self.peak_mb = 0.0  # the build's peak RSS: the largest stage peak
         self.windowed = True  # every stage's peak was measured from its own start (see util.reset_peak_rss)
+        self._worker_mb: float | None = None  # the running stage's worker peak (None: it ran in this process)
 
     @contextmanager
     def run(self, name: str) -> Iterator[None]:
@@ -113,22 +117,34 @@ class _Stages:
         # Bench measures in subprocesses. Linux hands a child the parent's RSS high-water mark at exec, so this is
         # at least the parent's size at the time and only an upper bound for the children themselves.
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        peak = peak_rss_mb()
+        worker, self._worker_mb = self._worker_mb, None
+        # A stage run in a worker: this process's peak while it waited plus the worker's own, an upper bound of
+        # the two together (this process holds still while its worker runs).
+        peak = peak_rss_mb() + (worker or 0.0)
         self.peak_mb = max(self.peak_mb, peak)
         self.records.append({"stage": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2),
-                             "peak_rss_mb": round(peak, 1), "children_peak_rss_mb": round(children, 1)})
+                             "peak_rss_mb": round(peak, 1), "children_peak_rss_mb": round(children, 1),
+                             "worker_peak_rss_mb": None if worker is None else round(worker, 1)})
 
     def memory(self, parameters: int | None) -> dict[str, Any]:
-        """The build's peak RSS (MiB, this process), beside the source's fp32 weight bytes."""
+        """The build's peak RSS (MiB, this process plus the stage's worker), beside the source's fp32 weight bytes.
+
+        Not counted: bench's measurement subprocesses (children_peak_rss_mb), which run the models being compared."""
         fp32_mb = parameters * 4 / 2**20 if parameters else None
         return {"peak_rss_mb": round(self.peak_mb, 1), "peak_stage": max(self.records, key=lambda r: r["peak_rss_mb"])["stage"],
-                "scope": "per stage" if self.windowed else "process so far (no peak reset on this OS)",
+                "scope": SCOPE if self.windowed else "process so far (no peak reset on this OS)",
                 "fp32_weights_mb": round(fp32_mb, 1) if fp32_mb else None,
                 "ratio_to_fp32_weights": round(self.peak_mb / fp32_mb, 3) if fp32_mb else None}
 
-    def call(self, name: str, fn: Callable[[], T]) -> T:
+    def call(self, name: str, fn: Callable[..., T], *args: Any, worker: StageProcess | None = None, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) as stage `name`: in `worker` when given (fn must then be a module-level function)."""
         with self.run(name):
-            return fn()
+            if worker is None:
+                return fn(*args, **kwargs)
+            try:
+                return worker.call(fn, *args, **kwargs)
+            finally:
+                self._worker_mb = worker.last_peak_mb
 
 
 def _previous_timings(out: Path) -> dict[str, float]:
@@ -169,19 +185,24 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
         # Absolute, so no stage depends on the working directory (quantizers run tools in their own folders).
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent)).resolve()
         try:
-            source, sanity = stages.call("source", lambda: checked_source(source_spec, opts))
-            method = opts.method or profile.method_for(source.task)
-            check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
-            stages.plan = _plan(method, opts.then)
-            variant, _student, extra = _make_variant(stages, source, method, target, work, opts)
-            report, extra_files = stages.call("bench", lambda: _bench_and_evidence(variant, source, profile, target, opts, work))
+            # Every stage that imports torch runs in a worker: this process stays light, and each worker's memory
+            # goes back to the OS before the next stage (edgekit.stageproc).
+            with StageProcess() as torch_worker:  # source, distill and export share one: all three need torch
+                source, sanity = stages.call("source", checked_source, source_spec, opts, worker=torch_worker)
+                method = opts.method or profile.method_for(source.task)
+                check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
+                stages.plan = _plan(method, opts.then)
+                variant, _student, extra = _make_variant(stages, source, method, target, work, opts, torch_worker)
+            with StageProcess() as worker:
+                report, extra_files = stages.call("bench", _bench_and_evidence, variant, source, profile, target, opts,
+                                                  work, worker=worker)
             report.update(extra)
             set_sanity(report, sanity)
             if "distill" in report:
                 report["distill"].update(retention(report))
             from edgekit.gate import gate as run_gate
 
-            result = stages.call("gate", lambda: run_gate(report, profile))
+            result = stages.call("gate", run_gate, report, profile)
             report["gate"] = result.to_dict()
             with stages.run("bundle"):
                 job = BundleJob(variant, report, result, profile, target, method, stages.records, extra_files,
@@ -227,8 +248,9 @@ def retention(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Target, work: Path,
-                  opts: BuildOptions) -> tuple[OnnxArtifact, Any, dict[str, Any]]:
-    """Export (a distilled student first, when asked) and compress; returns the variant and what it came from."""
+                  opts: BuildOptions, torch_worker: StageProcess) -> tuple[OnnxArtifact, Any, dict[str, Any]]:
+    """Export (a distilled student first, when asked) in `torch_worker`, then close it and compress in a worker
+    that never imports torch; returns the variant and what it came from."""
     from edgekit.export import export
 
     extra: dict[str, Any] = {}
@@ -237,17 +259,19 @@ def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Tar
         from edgekit.distill import DistillSpec, distill
 
         spec = DistillSpec(**opts.distill)
-        model_source = stages.call("distill", lambda: distill(source, spec, work / "student"))
+        model_source = stages.call("distill", distill, source, spec, work / "student", worker=torch_worker)
         extra["distill"] = {"student": model_source.fingerprint, "teacher": source.fingerprint}
     quant = opts.then if method == "distill" else method
-    exported = stages.call("export", lambda: export(model_source, _rotating(target, quant, opts), work / "export",
-                                                             rotate=opts.rotate))
+    exported = stages.call("export", export, model_source, _rotating(target, quant, opts), work / "export",
+                           rotate=opts.rotate, worker=torch_worker)
+    torch_worker.close()
     if quant in (None, "fp32"):
         return exported, model_source, extra
     from edgekit.compress import compress
 
-    variant = stages.call("compress", lambda: compress(exported, quant, target, work / "compress",
-                                                      calibration=opts.calibration))
+    with StageProcess(mmap_threshold=LEAN_MMAP_THRESHOLD) as worker:  # no torch there: a lean heap costs nothing
+        variant = stages.call("compress", compress, exported, quant, target, work / "compress",
+                              calibration=opts.calibration, worker=worker)
     return variant, model_source, extra
 
 

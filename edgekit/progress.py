@@ -66,6 +66,10 @@ def set_display(display: Display | None) -> None:
     _display = display
 
 
+def current_display() -> Display | None:
+    return _display
+
+
 @contextlib.contextmanager
 def stage(name: str, total: float | None = None) -> Iterator[Stage]:
     st = Stage(name, total, _display)

@@ -102,7 +102,6 @@ def release_memory() -> None:
     """Collect garbage and hand freed heap back to the OS (glibc keeps it otherwise): without this the next stage's
     peak starts from everything the earlier stages freed but glibc kept (SmolLM2: 2.0 GB resident after the bench
     stage without it, 0.4 GB with it)."""
-    import ctypes
     import gc
     import signal
     import threading
@@ -113,12 +112,20 @@ def release_memory() -> None:
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if hold else None
     try:
         gc.collect()
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6").malloc_trim(0)  # not find_library: it forks ldconfig
+        trim_heap()
     finally:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc keeps them: large blocks come from the heap once freed
+    ones raised its mmap threshold). A no-op off glibc."""
+    import ctypes
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # not find_library: it forks ldconfig
 
 
 def reset_peak_rss() -> bool:

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.pipeline import SCOPE
 from tests.conftest import run_cli
 
 SMOLLM2_PARAMETERS = 134_515_008
-# The target is 3x (1,539 MiB), not reached yet. Two runs of this build (2026-12-01, 2 loaded cores):
-# 1,867 MiB (3.64x; bench 1,867, compress 1,843, export 1,671) and 2,036 MiB (3.97x; compress 2,036, bench 1,859,
-# export 1,664). What remains: ~430 MiB of imported torch/transformers/onnxruntime under every stage, and two models
-# at once (bench: PyTorch + variant session; compress checks: fp32 + variant sessions). This guards what was reached.
-BOUND = 4.2
+# The target: 3x (1,539 MiB). Stages run in spawned workers (edgekit.stageproc): a stage's peak is the light
+# build process (~49 MiB) plus its worker. 2026-12-01, 2-core AVX-512 EPYC shared with other builds, source outputs
+# not cached: 1,322 MiB (2.58x; compress 1,322, export 1,219, bench 1,088, source 1,061). Before, in one process:
+# 1,867-2,036 MiB (3.64-3.97x).
+BOUND = 3.0
 
 
 @pytest.mark.slow
@@ -28,6 +29,6 @@ def test_smollm2_build_peak_rss_within_3x_fp32_weights(tmp_path: Path) -> None:
     assert res.returncode in (0, 1), res.stderr  # 1: a gate rule failed (speed on a loaded host); memory is measured
     record = json.loads((out / "build.json").read_text())
     memory = record["memory"]
-    assert memory["scope"] == "per stage" and memory["fp32_weights_mb"] == pytest.approx(SMOLLM2_PARAMETERS * 4 / 2**20, rel=1e-3)
+    assert memory["scope"] == SCOPE and memory["fp32_weights_mb"] == pytest.approx(SMOLLM2_PARAMETERS * 4 / 2**20, rel=1e-3)
     stages = {s["stage"]: s["peak_rss_mb"] for s in record["stages"]}
     assert memory["ratio_to_fp32_weights"] <= BOUND, f"peak {memory['peak_rss_mb']} MiB in {memory['peak_stage']}: {stages}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.pipeline import SCOPE
 from tests.conftest import REPO, assert_exit_follows_gate, run_cli
 from tests.reliability.helpers import Spawned
 
@@ -69,7 +70,7 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     assert [s["stage"] for s in record["stages"]] == stages[:-1]  # build.json is written inside the bundle stage
     assert all(s["ok"] and s["seconds"] >= 0 and s["peak_rss_mb"] > 0 for s in record["stages"])
     memory = record["memory"]  # the build's peak (the largest stage peak) beside the source's fp32 weights
-    assert memory["peak_rss_mb"] == max(s["peak_rss_mb"] for s in record["stages"]) and memory["scope"] == "per stage"
+    assert memory["peak_rss_mb"] == max(s["peak_rss_mb"] for s in record["stages"]) and memory["scope"] == SCOPE
     fp32_mb = manifest["source"]["parameters"] * 4 / 2**20
     assert memory["fp32_weights_mb"] == round(fp32_mb, 1)
     assert memory["ratio_to_fp32_weights"] == pytest.approx(memory["peak_rss_mb"] / fp32_mb, rel=1e-3)

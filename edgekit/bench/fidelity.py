@@ -37,6 +37,7 @@ BOOTSTRAP_SAMPLES = 1000
 SEED = 0  # fixed: the same tokens give the same CIs to the last digit
 WINDOW = 256
 MIN_WINDOWS = 8  # fewer resampling units than this give intervals that mean little
+ROWS = 64  # positions per float64 log-softmax chunk (causal_stats)
 ENCODER_MAX_TOKENS = 128
 
 
@@ -73,15 +74,22 @@ class CausalStats:
 
 
 def causal_stats(source_logits: np.ndarray, variant_logits: np.ndarray, next_ids: np.ndarray) -> CausalStats:
-    """Stats for positions predicting `next_ids` ([n, vocab] logits each, n next tokens)."""
-    lp = log_softmax(source_logits)
-    lq = log_softmax(variant_logits)
-    kld = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    rows = np.arange(len(next_ids))
+    """Stats for positions predicting `next_ids` ([n, vocab] logits each, n next tokens).
+
+    ROWS positions at a time: the float64 log-probabilities of a whole 256-token window are ~0.1 GB per array for
+    a 49k vocabulary, and four of them were the bench's peak; every figure is per row, so the same either way."""
+    kld, nll_source, nll_variant = [np.zeros(0)], [np.zeros(0)], [np.zeros(0)]  # no rows: empty arrays, as before
+    for r in range(0, len(next_ids), ROWS):
+        lp = log_softmax(source_logits[r:r + ROWS])
+        lq = log_softmax(variant_logits[r:r + ROWS])
+        kld.append((np.exp(lp) * (lp - lq)).sum(axis=-1))
+        rows, ids = np.arange(len(lp)), np.asarray(next_ids[r:r + ROWS])
+        nll_source.append(-lp[rows, ids])
+        nll_variant.append(-lq[rows, ids])
     return CausalStats(
-        kld=np.maximum(kld, 0.0),  # rounding can give -1e-17 for identical rows
-        nll_source=-lp[rows, next_ids],
-        nll_variant=-lq[rows, next_ids],
+        kld=np.maximum(np.concatenate(kld), 0.0),  # rounding can give -1e-17 for identical rows
+        nll_source=np.concatenate(nll_source),
+        nll_variant=np.concatenate(nll_variant),
         top1=source_logits.argmax(-1) == variant_logits.argmax(-1),
     )
 

@@ -75,7 +75,7 @@ def compress(artifact: OnnxArtifact, method: str | MethodSpec, target: Target, o
     if out.resolve() == artifact.path.resolve():
         raise InputError(f"{out}: the output folder must differ from the model being compressed")
     record = _base_record(artifact, spec, target)
-    parent = artifact.session()
+    parent = artifact.session(prepack=False)  # these sessions check numbers; the speed check opens its own
     seqs, feeds = _calibration(artifact, parent, calibration, calibration_samples, record)
     # Not held while the quantizer holds the fp32 graph (SmolLM2: 0.8 GB each); the checks open it again.
     del parent
@@ -144,9 +144,9 @@ def _plan(model: ModelProto, spec: MethodSpec, artifact: OnnxArtifact, work: Pat
 def _parent_graph(artifact: OnnxArtifact, spec: MethodSpec) -> tuple[ModelProto, list[str]]:
     """The fp32 parent as the quantizers take it: every node named, Gemms as MatMuls (not for fp16); and which
     Gemms were converted."""
-    import onnx
+    from edgekit.export.stream import load_model
 
-    base = onnx.load(str(artifact.model_file))
+    base = load_model(artifact.model_file)
     graph.ensure_names(base)
     return base, graph.gemm_to_matmul(base) if spec.method != "fp16" else []
 
@@ -173,7 +173,7 @@ def _quantize_checked(job: _Job) -> dict[str, Any]:
     del variant, base  # on disk now; _finish reads the graph back once the sessions are gone
     release_memory()
     if job.parent is None:  # the larger session first: the smaller one's load peak then lands on less
-        job.parent = artifact.session()
+        job.parent = artifact.session(prepack=False)
     try:
         session = make_session(tmp / MODEL_FILE)
     except Exception as exc:
@@ -226,18 +226,18 @@ def _fallback(job: _Job, base: ModelProto, check: dict[str, Any], max_drop: floa
 
 def _finish(job: _Job, check: dict[str, Any]) -> None:
     """Write compress.json beside the variant: decisions, checks, speed, I/O, sizes, timings."""
-    import onnx
-
     from edgekit.export import io_signature
+    from edgekit.export.stream import load_model
 
     record, tmp, artifact = job.record, job.tmp, job.artifact
     session = check.pop("session")
-    with progress.stage("compress: speed check"):
-        record["speed"] = checks.speed(job.parent, session, job.feeds)
-    del session
-    job.parent = None
+    job.parent = None  # unpacked weights (it checked numbers); timed, the parent runs as it would be deployed
     release_memory()
-    variant = onnx.load(str(tmp / MODEL_FILE))  # read back: _quantize_checked freed its copy before the checks
+    with progress.stage("compress: speed check"):
+        record["speed"] = checks.speed(artifact.session(), session, job.feeds)
+    del session
+    release_memory()
+    variant = load_model(tmp / MODEL_FILE)  # read back: _quantize_checked freed its copy before the checks
     record["nodes"].update(_decisions(job, variant))
     record["ops"] = graph.op_counts(variant)
     record["check"] = check

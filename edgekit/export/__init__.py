@@ -97,13 +97,13 @@ def _write_graph(source: SourceModel, writer: str, raw: Path, opset: int, record
     They are computed while the model is loaded anyway (the fused writer reads it; optimum loads a copy of its own,
     so that path loads ours after it), and the model is freed before any ONNX session opens."""
     model = source.load_model() if writer == "fused" else None
-    # A rotating writer changes the model in place once the parity outputs of the original are taken (a copy
-    # would hold the fp32 model twice: SmolLM2's export peak 2,157 vs ~1,670 MB).
-    consume = writer == "fused" and rot.mode != "off"
-    reference = _torch_reference(source, model) if parity and consume else None
+    # The fused writer consumes the model once the parity outputs of the original are taken: it rotates it in place
+    # (a copy would hold the fp32 model twice: SmolLM2's export peak 2,157 vs ~1,670 MB) and frees each layer once
+    # written.
+    reference = _torch_reference(source, model) if parity and model is not None else None
     with progress.stage(f"export: onnx graph ({writer})"):
         if writer == "fused":
-            record["graph"] = _fused_export(source, model, raw, opset, rot, consume=consume)
+            record["graph"] = _fused_export(source, model, raw, opset, rot, consume=True)
             record["rotation"] = record["graph"].get("rotation", record["rotation"])
         else:
             _optimum_export(source, raw, opset)
@@ -317,8 +317,10 @@ def _finalize(chosen: Path, raw: Path, tmp: Path, record: dict[str, Any]) -> Non
 def io_signature(model_file: Path) -> dict[str, list[dict[str, Any]]]:
     import onnx
 
+    from edgekit.export.stream import load_skeleton
+
     try:
-        graph = onnx.load(str(model_file), load_external_data=False).graph
+        graph = load_skeleton(model_file).graph
     except Exception as exc:  # protobuf raises DecodeError/RuntimeError on damaged files
         raise InputError(f"{model_file}: not a readable ONNX model ({' '.join(str(exc).split())[:120]})") from exc
 

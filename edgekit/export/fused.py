@@ -13,6 +13,7 @@ against PyTorch is checked like any export.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ MS = "com.microsoft"
 LOGITS_TO_KEEP = "num_logits_to_keep"  # = edgekit.runtime.LOGITS_TO_KEEP
 # Rotary tables cover this many positions at most; longer contexts are refused by GroupQueryAttention.
 MAX_ROTARY_POSITIONS = 32768
+RAW_TENSOR_BYTES = 1 << 20  # from this size an initializer is serialized from its array (edgekit.export.stream)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def rotation_refused(model_type: str) -> str | None:
 def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | None = None,
           consume: bool = False) -> dict[str, Any]:
     """Write `model` (a transformers *ForCausalLM in fp32) as a fused ONNX graph at `out_file`; `consume`: the
-    caller no longer needs `model`, so a rotation may change it in place instead of copying it."""
+    caller no longer needs `model`, so a rotation may change it in place instead of copying it, and each layer's
+    weights are freed once written."""
     import onnx
 
     from edgekit.export import rotation, stream
@@ -100,14 +103,15 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
     if model.config.model_type == gemma3.MODEL_TYPE:
         gemma3.write_body(w, model, shape, spool, opset)
     else:
-        _write_body(w, model, shape, spool, plan)
+        _write_body(w, model, shape, spool, plan, consume)
     graph = onnx.helper.make_graph(w.nodes, "edgekit-fused-decoder", w.inputs, w.outputs)  # initializers: below
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(MS, 1)],
                                    producer_name="edgekit")
     onnx.helper.set_model_props(proto, {"edgekit.kv_cache": "shared-buffer"})  # see edgekit.runtime._SharedCache
     total = spool.nbytes + sum(t.ByteSize() for t in w.inits)
     if total > 1_500_000_000:  # onnx writes external data from a whole ModelProto: read the spool back
-        proto.graph.initializer.extend(spool.read_all() + w.inits)
+        proto.graph.initializer.extend(spool.read_all() + [t.proto() if isinstance(t, stream.RawTensor) else t
+                                                            for t in w.inits])
         w.inits.clear()
         onnx.save_model(proto, str(out_file), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=out_file.name + ".data", size_threshold=1024)
@@ -119,8 +123,10 @@ def write(model: Any, out_file: Path, *, opset: int, rotate: RotateSettings | No
             **({"rotation": plan.info} if plan is not None else {})}
 
 
-def _write_body(w: _Writer, model: Any, shape: Shape, spool: stream.Spool, plan: rotation.Plan | None) -> None:
-    """Embedding → layers → final norm → lm_head → "logits" of a Llama-family decoder, after the inputs."""
+def _write_body(w: _Writer, model: Any, shape: Shape, spool: stream.Spool, plan: rotation.Plan | None,
+                consume: bool) -> None:
+    """Embedding → layers → final norm → lm_head → "logits" of a Llama-family decoder, after the inputs;
+    `consume`: each layer's weights are freed once written."""
     from edgekit.export import rotation
 
     hidden = w.node("Gather", [w.init("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
@@ -132,12 +138,27 @@ def _write_body(w: _Writer, model: Any, shape: Shape, spool: stream.Spool, plan:
     for i, layer in enumerate(model.model.layers):
         residual, pending = _write_layer(w, layer, i, shape, residual, pending)
         spool.take(w.inits)
+        if consume:
+            _free(layer)
+    if consume and model.lm_head.weight is not model.model.embed_tokens.weight:
+        _free(model.model.embed_tokens)
     normed = w.skip_norm(residual, pending, _np(model.model.norm.weight), "/model/norm", shape.eps)[0]
     normed = _keep_last_positions(w, normed)
     if plan is not None and plan.head_matrix is not None:
         normed = w.linear(normed, plan.head_matrix, None, f"/model{rotation.ROTATE_MARK}norm_gain")
     lm_head = _np(model.lm_head.weight).T
     w.node("MatMul", [normed, w.init("lm_head.weight", lm_head)], "/lm_head", out="logits")
+
+
+def _free(module: Any) -> None:
+    """Drop a written module's weights: the model shrinks as the file grows, instead of both held to the end."""
+    import torch
+
+    from edgekit.util import trim_heap
+
+    for p in module.parameters():
+        p.data = torch.empty(0, dtype=p.dtype)
+    trim_heap()
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -261,7 +282,10 @@ class _Writer:
     def init_named(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        self.inits.append(numpy_helper.from_array(array, name))
+        from edgekit.export import stream
+
+        big = array.nbytes >= RAW_TENSOR_BYTES and sys.byteorder == "little"  # raw_data is little-endian
+        self.inits.append(stream.RawTensor(name, array) if big else numpy_helper.from_array(array, name))
         return name
 
     def init(self, name: str, array: np.ndarray) -> str:

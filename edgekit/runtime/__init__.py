@@ -34,10 +34,17 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(i
 CPU_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
 
 
-def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None) -> InferenceSession:
+def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None,
+                 prepack: bool = True) -> InferenceSession:
+    """`prepack=False`: weights are not copied into the kernels' packed layouts at load (a MatMul packs them per
+    run instead): the same outputs for ~30 % less memory (SmolLM2 fp32: 789 vs 1,089 MiB), for sessions that check
+    numbers and time nothing."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.enable_cpu_mem_arena = False
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

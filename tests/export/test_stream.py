@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.export import stream
@@ -62,3 +63,24 @@ def test_spooled_tensors_come_first_in_order(tmp_path: Path) -> None:
     assert first == [] and spool.nbytes == sum(t.ByteSize() for t in whole.graph.initializer[:2])
     stream.save(model, rest, tmp_path / "s.onnx", spool)
     assert onnx.load(str(tmp_path / "s.onnx")) == whole
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_load_model_and_skeleton_match_onnx_load(tmp_path: Path, external: bool) -> None:
+    from edgekit.export.stream import load_model, load_skeleton
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(64, 32)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.arange(5, dtype=np.int64), "k")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 32])], inits)
+    model = helper.make_model(graph, producer_name="t")
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=external, location="m.onnx.data", size_threshold=64)
+    assert load_model(path) == onnx.load(str(path))
+    skeleton, full = load_skeleton(path), onnx.load(str(path), load_external_data=False)
+    for t in full.graph.initializer:
+        t.ClearField("raw_data")
+        t.ClearField("int64_data")
+    assert skeleton == full and [t.name for t in skeleton.graph.initializer] == ["w", "k"]

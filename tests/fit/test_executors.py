@@ -35,7 +35,7 @@ def test_source_outputs_cached_by_source_and_eval_text(tiny_model, tiny_onnx, tm
     # The cached logits are the model's own: a window recomputed live gives the same float32 numbers.
     import torch
 
-    (_, win), logits = first.windows()[0], first.window_logits()[0]
+    (_, win), logits = first.windows()[0], next(first.window_logits())
     with torch.inference_mode():
         live = source.load_model()(torch.tensor([win])).logits[0].float().numpy()[:-1]
     np.testing.assert_array_equal(logits, live)
