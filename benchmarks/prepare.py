@@ -101,9 +101,10 @@ def edgekit_fp32(source: Any, name: str, graph: str = "auto", rotate: str = "off
 
 def method_rotation(method: str) -> str:
     """The rotation `edgekit build --method METHOD` applies by default (the bench measures what users ship)."""
-    from edgekit.export.rotation import METHOD_DEFAULTS
+    from edgekit.catalog import load_target
+    from edgekit.export.rotation import method_target
 
-    return METHOD_DEFAULTS.get(method, "off")
+    return method_target(load_target(TARGET), method).export.rotate.mode
 
 
 BUILD_RSS_ARGS = ["build", "example:smollm2-135m", "--profile", "local", "--method", "int8-weight"]

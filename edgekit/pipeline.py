@@ -278,13 +278,9 @@ def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Tar
 def _rotating(target: Target, method: str | None, opts: BuildOptions) -> Target:
     """The target with the method's default rotation (edgekit.export.rotation.METHOD_DEFAULTS) when neither --rotate
     nor the target chose one; as a target default, it is skipped for graphs the fused writer does not write."""
-    from edgekit.export.rotation import METHOD_DEFAULTS
+    from edgekit.export.rotation import method_target
 
-    mode = METHOD_DEFAULTS.get(method or "")
-    if opts.rotate is not None or mode is None or target.export.rotate.mode != "off":
-        return target
-    rotate = target.export.rotate.model_copy(update={"mode": mode})
-    return target.model_copy(update={"export": target.export.model_copy(update={"rotate": rotate})})
+    return target if opts.rotate is not None else method_target(target, method)
 
 
 def _bench(variant: OnnxArtifact, source: SourceModel, profile: Profile, opts: BuildOptions) -> dict[str, Any]:

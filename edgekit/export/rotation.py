@@ -31,7 +31,7 @@ import numpy as np
 from edgekit.errors import UnsupportedError
 
 if TYPE_CHECKING:
-    from edgekit.specs import RotateSettings
+    from edgekit.specs import RotateSettings, Target
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,16 @@ ROWS_PER_BLOCK = 4096  # embedding rows rotated at a time (SmolLM2: 19 MB of flo
 # The rotation a build applies per quantization method unless told otherwise (--rotate). int8-weight: on SmolLM2
 # KLD 0.0058 → 0.0037 and top-1 0.953 → 0.964 at the same decode speed; int4 lost there (docs/rotation.md).
 METHOD_DEFAULTS: dict[str, str] = {"int8-weight": "full"}
+
+
+def method_target(target: Target, method: str | None) -> Target:
+    """`target` with `method`'s default rotation (METHOD_DEFAULTS) where the target chose none; `target` itself
+    otherwise. As a target default, not an explicit --rotate, it is skipped for graphs the fused writer cannot write."""
+    mode = METHOD_DEFAULTS.get(method or "")
+    if mode is None or target.export.rotate.mode != "off":
+        return target
+    rotate = target.export.rotate.model_copy(update={"mode": mode})
+    return target.model_copy(update={"export": target.export.model_copy(update={"rotate": rotate})})
 
 
 @dataclass(frozen=True)

@@ -169,10 +169,10 @@ def estimate(c: Candidate, split: ParamSplit, profile: Profile, target: Target,
     bandwidth (datasheet × its efficiency, as the bench's estimates use) / bytes read per token, which leave out a
     token table of its own: its Gather reads one row."""
     from edgekit.bench.roofline import device_roofs
-    from edgekit.export.rotation import METHOD_DEFAULTS
+    from edgekit.export.rotation import method_target
 
     # fit compresses each method from the export a build would make (search.Shared.parent): int8-weight's rotated.
-    rotated = target.export.rotate.mode != "off" or c.method in METHOD_DEFAULTS
+    rotated = method_target(target, c.method).export.rotate.mode != "off"
     body_bits, head_bits, table_bits = bits_per_weight(c, target, rotated=rotated, tied=split.tied)
     table = split.embed * (table_bits or 0.0) / 8
     size = split.other * body_bits / 8 + split.head * head_bits / 8 + table + offset_indicator_bytes(c, config, target)

@@ -57,17 +57,15 @@ class Shared:
     def parent(self, method: str) -> Path:
         """The export `method` is compressed from: the one `edgekit build --method` would make (int8-weight's is
         rotated by default: edgekit.export.rotation.METHOD_DEFAULTS), so fit measures what a build ships."""
-        from edgekit.export.rotation import METHOD_DEFAULTS
+        from edgekit.export.rotation import method_target
 
-        mode = METHOD_DEFAULTS.get(method)
-        if mode is None or self.target.export.rotate.mode != "off":
+        target = method_target(self.target, method)
+        if target is self.target:
             return self.exported
+        mode = target.export.rotate.mode
         if mode not in self.rotated:
             from edgekit.export import export
 
-            # As a target default, not an explicit --rotate: skipped (logged) where the fused writer cannot write.
-            rotate = self.target.export.rotate.model_copy(update={"mode": mode})
-            target = self.target.model_copy(update={"export": self.target.export.model_copy(update={"rotate": rotate})})
             self.rotated[mode] = export(self.source, target, self.work / f"export-rotate-{mode}").path
         return self.rotated[mode]
 
