@@ -6,6 +6,7 @@ A folder is only cached once complete (built beside it, then renamed).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,7 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{cmd[0]} {' '.join(cmd[1:3])} ... exited {proc.returncode}: {tail[0][:300]}")
 
 
+@functools.cache
 def edgekit_fingerprint() -> str:
     """A hash of edgekit's code and target files: a cached edgekit build is reused only by the code that made it."""
     import edgekit
@@ -82,8 +84,8 @@ def edgekit_cached(name: str, build: Callable[[Path], None], *, marker: str = "m
     """cached() under `name-<fingerprint>`; builds of `name` by other code versions are removed."""
     fp = edgekit_fingerprint()
     for old in cache_root().glob(f"{name}-*"):
-        stem = old.name.removesuffix(".partial")
-        if stem.rsplit("-", 1)[0] == name and stem.rsplit("-", 1)[1] != fp and len(stem.rsplit("-", 1)[1]) == len(fp):
+        base, _, other = old.name.removesuffix(".partial").rpartition("-")
+        if base == name and len(other) == len(fp) and other != fp:
             shutil.rmtree(old, ignore_errors=True)
     return cached(f"{name}-{fp}", build, marker=marker)
 
