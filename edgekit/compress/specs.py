@@ -43,6 +43,8 @@ class WeightOnlySpec(MethodSpec):
     lm_head_block_size: Annotated[int, Field(ge=16, le=256)] | None = None
     # Token-embedding Gather as GatherBlockQuantized (the tied embedding is 113 MB of SmolLM2); 0 = keep float.
     embed_bits: Literal[0, 4, 8] = 8
+    # Block scales on disk: float16 behind a Cast onnxruntime folds at load (compress/scales.py), or float32.
+    scale_dtype: Literal["float16", "float32"] = "float16"
 
     @model_validator(mode="after")
     def _check(self) -> WeightOnlySpec:
@@ -96,7 +98,7 @@ def _defaults(name: str, target: Target, rotated: bool) -> tuple[type[MethodSpec
         block = (q8.rotated_weight_block_size if rotated else None) or q8.weight_block_size
         return WeightOnlySpec, {"method": name, "bits": 8, "block_size": block, "algo": "rtn",
                                 "symmetric": True, "accuracy_level": q4.accuracy_level, "lm_head_bits": 8,
-                                "embed_bits": 8}
+                                "embed_bits": 8, "scale_dtype": target.quantization.scale_dtype}
     if name == "int8-dynamic":
         if q8.dynamic_weight_type == "quint8":
             # u8u8 cannot saturate, so the weights keep all 8 bits.
@@ -110,7 +112,8 @@ def _defaults(name: str, target: Target, rotated: bool) -> tuple[type[MethodSpec
     # HQQ's float zero points make it asymmetric by construction; RTN keeps more with an offset too.
     return WeightOnlySpec, {"method": name, "bits": 4, "block_size": q4.block_size, "algo": algo,
                             "accuracy_level": q4.accuracy_level, "symmetric": False,
-                            "lm_head_bits": 8, "lm_head_block_size": q4.lm_head_block_size, "embed_bits": 8}
+                            "lm_head_bits": 8, "lm_head_block_size": q4.lm_head_block_size, "embed_bits": 8,
+                            "scale_dtype": target.quantization.scale_dtype}
 
 
 def method_spec(name: str, target: Target, *, rotated: bool = False, **overrides: Any) -> MethodSpec:

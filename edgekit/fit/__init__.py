@@ -135,19 +135,20 @@ def bits_per_weight(c: Candidate, target: Target, *, rotated: bool = False,
     # Zero points: `bits`-bit integers when asymmetric; HQQ's float ones become fp32 block offsets
     # (compress/offsets.py); none when symmetric.
     zero = 32.0 if spec.algo == "hqq" else 0.0 if spec.symmetric else float(spec.bits)
-    body = spec.bits + (32 + zero) / spec.block_size
+    scale = 16.0 if spec.scale_dtype == "float16" else 32.0
+    body = spec.bits + (scale + zero) / spec.block_size
     head_bits = spec.bits if spec.lm_head_bits is None else spec.lm_head_bits
     head_block = spec.lm_head_block_size or spec.block_size
     if not head_bits:
         head = 32.0
     elif head_bits != spec.bits or head_block != spec.block_size:
-        head = head_bits + 32 / head_block  # its own pass: symmetric
+        head = head_bits + scale / head_block  # its own pass: symmetric
     else:
         head = body
     if tied and spec.embed_bits and head_bits:
         return body, head, None
     # An own table: 8-bit asymmetric (an 8-bit zero point per block), at the body's block size.
-    table = spec.embed_bits + (32 + spec.embed_bits) / spec.block_size if spec.embed_bits else 32.0
+    table = spec.embed_bits + (scale + spec.embed_bits) / spec.block_size if spec.embed_bits else 32.0
     return body, head, table
 
 

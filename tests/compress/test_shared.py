@@ -63,9 +63,17 @@ def _dequantized_head(model: onnx.ModelProto) -> np.ndarray:
         zp = zp if bits == 8 else np.stack([zp & 0xF, zp >> 4], axis=-1).reshape(n, -1)[:, :blocks]
     else:
         zp = np.full((n, blocks), 2 ** (bits - 1))
-    scales = inits[head.input[2]].reshape(n, blocks)
+    scales = _scales(model, inits, head.input[2]).reshape(n, blocks)
     q = q[:, :k].astype(np.float32).reshape(n, blocks, block) - zp[:, :, None]
     return (q * scales[:, :, None]).reshape(n, k)
+
+
+def _scales(model: onnx.ModelProto, inits: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A scale tensor as the kernel reads it: an initializer, or a float16 one behind a Cast (compress/scales.py)."""
+    if name in inits:
+        return inits[name]
+    cast = next(n for n in model.graph.node if n.op_type == "Cast" and n.output[0] == name)
+    return inits[cast.input[0]].astype(np.float32)
 
 
 @pytest.mark.parametrize(("method", "overrides", "bits"), CASES)
