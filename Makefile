@@ -27,7 +27,7 @@ demo: venv
 	$(BIN)/edgekit build example:smollm2-135m --profile raspberry-pi-5 -o out/smollm2-pi5
 
 test: venv
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-all: venv
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.pipeline import SCOPE
-from tests.conftest import REPO, assert_exit_follows_gate, run_cli
+from tests.conftest import REPO, assert_exit_follows_gate, plumbing_profile, run_cli
 from tests.reliability.helpers import Spawned
 
 # Short bench settings: these tests check the pipeline's plumbing, not the numbers.
@@ -25,9 +25,10 @@ def _impossible_profile(tmp_path: Path) -> Path:
     return path
 
 
-def _spawn_build(src: Path, out: Path | str, *extra: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+def _spawn_build(src: Path, out: Path | str, *extra: str, cwd: Path | None = None,
+                 profile: str = "local") -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
-    return subprocess.Popen([sys.executable, "-m", "edgekit", "build", str(src), "--profile", "local", "-o", str(out),
+    return subprocess.Popen([sys.executable, "-m", "edgekit", "build", str(src), "--profile", profile, "-o", str(out),
                              *FAST, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
@@ -37,7 +38,8 @@ def test_build_generation_bundle_end_to_end(tiny_model, tmp_path: Path) -> None:
     # depend on the working directory.
     # --rotate off: the 0.9 top-1 gate on this random-weight model is decided by one of 45 tokens, and the default
     # int8-weight rotation (test_rotation_default_per_method) redraws that coin; this test is about the pipeline.
-    first = _spawn_build(tiny_model("llama"), "bundle", "--archive", "--json", "--rotate", "off", cwd=tmp_path)
+    first = _spawn_build(tiny_model("llama"), "bundle", "--archive", "--json", "--rotate", "off", cwd=tmp_path,
+                         profile=str(plumbing_profile(tmp_path.parent)))
     lock = tmp_path / ".bundle.lock"
     while not lock.exists() and first.poll() is None:  # the first build holds OUT from here on
         time.sleep(0.02)

@@ -16,7 +16,7 @@ from edgekit.bench.fidelity import causal_stats
 from edgekit.bundle import reference as refmod
 from edgekit.device.root import check_wheel_platform
 from edgekit.errors import InputError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, plumbing_profile, run_cli
 
 FAST = ("--eval-tokens", "48", "--max-time", "0.5")
 
@@ -75,7 +75,8 @@ def bundle(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # typ
     out = tmp_path_factory.mktemp("ref") / "bundle"
     # --rotate off: the gate below must pass, and on this random-weight model the 0.9 top-1 floor is decided by one
     # of 45 tokens, which the default int8-weight rotation redraws (tests/export/test_rotation.py covers rotation).
-    res = run_cli("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), "--rotate", "off", *FAST)
+    res = run_cli("build", str(tiny_model("llama")), "--profile", str(plumbing_profile(out.parent)), "-o", str(out),
+                  "--rotate", "off", *FAST)
     assert res.returncode == 0, res.stderr
     return out
 
@@ -109,7 +110,7 @@ def test_bench_on_device_reproduces_host_fidelity(bundle: Path, tmp_path: Path) 
     assert perf["device"] is None and perf["on_device"] and perf["variant"]["decode_tokens_per_s"]["value"] > 0
     assert not any(m.get("estimated") for m in perf["variant"].values())
     profile = tmp_path / "measured.yaml"
-    profile.write_text((REPO / "profiles" / "local.yaml").read_text().replace(
+    profile.write_text(plumbing_profile(tmp_path).read_text().replace(
         "peak_rss_mb: 4000", "peak_rss_mb: 4000\n  decode_tokens_per_s_min: 0.1\n  ttft_ms_p95: 100000"))
     gate = run_cli("gate", str(tmp_path / "dev.json"), "--profile", str(profile), "--json")
     assert gate.returncode == 0, gate.stdout + gate.stderr

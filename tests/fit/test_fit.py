@@ -72,7 +72,8 @@ def test_estimates_follow_written_sizes() -> None:
     # Bytes read per token: a Gather with a table of its own reads one row of it; a shared table is read whole
     # by the lm_head.
     bandwidth = est["fp32"]["decode_tokens_per_s"] * (est["fp32"]["size_mb"] - TABLE_MB)  # type: ignore[operator]
-    assert est["int4-rtn"]["decode_tokens_per_s"] * est["int4-rtn"]["size_mb"] == pytest.approx(bandwidth, rel=1e-3)  # type: ignore[operator]
+    # rel 2e-3: the estimate rounds tok/s to 0.1 (~0.1 % at SmolLM2 int4 speeds on a Pi 4), the sizes to 1 kB.
+    assert est["int4-rtn"]["decode_tokens_per_s"] * est["int4-rtn"]["size_mb"] == pytest.approx(bandwidth, rel=2e-3)  # type: ignore[operator]
 
 
 def test_estimates_follow_blocks_and_prune(tiny_model) -> None:  # type: ignore[no-untyped-def]
