@@ -134,8 +134,10 @@ class StageProcess:
         try:  # drain what it still sends, so it never blocks writing a reply nobody reads
             while proc.is_alive() and wait([conn, proc.sentinel], timeout=UNWIND_S):
                 with contextlib.suppress(EOFError, OSError):
-                    if conn.poll():
-                        conn.recv()
+                    # Its reply to the interrupted call means it has unwound: it now waits for the next call
+                    # (close() ends it), not for another UNWIND_S.
+                    if conn.poll() and conn.recv()[0] in ("ok", "error"):
+                        break
         finally:
             self.close()
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgekit import progress
 from edgekit.errors import GateFailed, InputError
-from edgekit.stageproc import RemoteTraceback, StageProcess
+from edgekit.stageproc import UNWIND_S, RemoteTraceback, StageProcess
 
 
 def _work(n: int) -> dict[str, Any]:
@@ -78,3 +81,25 @@ def test_errors_keep_their_class(kind: str, cls: type[Exception], code: int | No
 def test_a_killed_worker_fails_at_once() -> None:
     with StageProcess() as worker, pytest.raises(RuntimeError, match="SIGKILL: out of memory"):
         worker.call(_fail, "kill")
+
+
+def _sleep_then_mark(marker: str) -> None:
+    try:
+        for _ in range(600):
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        Path(marker).write_text("unwound")  # a stage's cleanup (temporary folders) runs here
+        raise
+
+
+def test_an_interrupt_unwinds_the_worker_and_returns_once_it_has(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C while the stage runs
+    t0 = time.monotonic()
+    with StageProcess() as worker, pytest.raises(KeyboardInterrupt):
+        timer.start()
+        worker.call(_sleep_then_mark, str(marker))
+    assert marker.read_text() == "unwound"
+    # Back as soon as the worker's reply says it unwound, not after the UNWIND_S a stuck worker gets (a hang check,
+    # not a speed goal: the bound is far from the ~1 s it takes).
+    assert time.monotonic() - t0 < UNWIND_S / 2
