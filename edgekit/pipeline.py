@@ -6,8 +6,10 @@ BundleWriter, so OUT is either the previous bundle or the complete new one — n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -35,6 +37,8 @@ T = TypeVar("T")
 
 SCOPE = "per stage: build process + stage worker"
 LEAN_MMAP_THRESHOLD = 128 << 10  # edgekit.stageproc.StageProcess
+# A local source whose weight files are smaller builds in one process (stage_workers).
+SMALL_SOURCE_BYTES = 64 << 20
 # What to do when a stage fails, said once here rather than at every raise site.
 STAGE_HINTS = {
     "source": "check the SOURCE path or name",
@@ -187,13 +191,16 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
         try:
             # Every stage that imports torch runs in a worker: this process stays light, and each worker's memory
             # goes back to the OS before the next stage (edgekit.stageproc).
-            with StageProcess() as torch_worker:  # source, distill and export share one: all three need torch
+            # A small source builds in this process: a worker's start-up (~3 s of imports each) is then most of the
+            # build, and there is no memory worth handing back (stage_workers).
+            lean = stage_workers(source_spec)
+            with _worker(lean) as torch_worker:  # source, distill and export share one: all three need torch
                 source, sanity = stages.call("source", checked_source, source_spec, opts, worker=torch_worker)
                 method = opts.method or profile.method_for(source.task)
                 check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
                 stages.plan = _plan(method, opts.then)
                 variant, _student, extra = _make_variant(stages, source, method, target, work, opts, torch_worker)
-            with StageProcess() as worker:
+            with _worker(lean) as worker:
                 report, extra_files = stages.call("bench", _bench_and_evidence, variant, source, profile, target, opts,
                                                   work, worker=worker)
             report.update(extra)
@@ -247,8 +254,29 @@ def retention(report: dict[str, Any]) -> dict[str, float | None]:
             "agreement_retention": top1}
 
 
+def stage_workers(source_spec: str) -> bool:
+    """Whether a build runs its stages in worker processes (edgekit.stageproc). EDGEKIT_STAGE_WORKERS=1 or 0 decides;
+    otherwise yes, except for a local source whose weight files hold under SMALL_SOURCE_BYTES."""
+    forced = os.environ.get("EDGEKIT_STAGE_WORKERS", "").strip().lower()
+    if forced in ("1", "0", "always", "never"):
+        return forced in ("1", "always")
+    from edgekit.source import find_weight_files
+
+    path = Path(source_spec).expanduser()
+    try:
+        files = [path] if path.is_file() else find_weight_files(path) if path.is_dir() else []
+        size = sum(f.stat().st_size for f in files)
+    except OSError:
+        return True
+    return not files or size >= SMALL_SOURCE_BYTES
+
+
+def _worker(enabled: bool, **kwargs: Any) -> contextlib.AbstractContextManager[StageProcess | None]:
+    return StageProcess(**kwargs) if enabled else contextlib.nullcontext()
+
+
 def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Target, work: Path,
-                  opts: BuildOptions, torch_worker: StageProcess) -> tuple[OnnxArtifact, Any, dict[str, Any]]:
+                  opts: BuildOptions, torch_worker: StageProcess | None) -> tuple[OnnxArtifact, Any, dict[str, Any]]:
     """Export (a distilled student first, when asked) in `torch_worker`, then close it and compress in a worker
     that never imports torch; returns the variant and what it came from."""
     from edgekit.export import export
@@ -264,15 +292,22 @@ def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Tar
     quant = opts.then if method == "distill" else method
     exported = stages.call("export", export, model_source, _rotating(target, quant, opts), work / "export",
                            rotate=opts.rotate, worker=torch_worker)
+    if torch_worker is None:
+        return _compressed(stages, exported, quant, target, work, opts, None), model_source, extra
     torch_worker.close()
+    with StageProcess(mmap_threshold=LEAN_MMAP_THRESHOLD) as worker:  # no torch there: a lean heap costs nothing
+        return _compressed(stages, exported, quant, target, work, opts, worker), model_source, extra
+
+
+def _compressed(stages: _Stages, exported: OnnxArtifact, quant: str | None, target: Target, work: Path,
+                opts: BuildOptions, worker: StageProcess | None) -> OnnxArtifact:
     if quant in (None, "fp32"):
-        return exported, model_source, extra
+        return exported
     from edgekit.compress import compress
 
-    with StageProcess(mmap_threshold=LEAN_MMAP_THRESHOLD) as worker:  # no torch there: a lean heap costs nothing
-        variant = stages.call("compress", compress, exported, quant, target, work / "compress",
-                              calibration=opts.calibration, worker=worker)
-    return variant, model_source, extra
+    variant: OnnxArtifact = stages.call("compress", compress, exported, quant, target, work / "compress",
+                                        calibration=opts.calibration, worker=worker)
+    return variant
 
 
 def _rotating(target: Target, method: str | None, opts: BuildOptions) -> Target:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.pipeline import SCOPE
+from edgekit.pipeline import SCOPE, SMALL_SOURCE_BYTES, stage_workers
 from tests.conftest import REPO, assert_exit_follows_gate, plumbing_profile, run_cli
 from tests.reliability.helpers import Spawned
 
@@ -27,7 +27,8 @@ def _impossible_profile(tmp_path: Path) -> Path:
 
 def _spawn_build(src: Path, out: Path | str, *extra: str, cwd: Path | None = None,
                  profile: str = "local") -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    # Stage workers on, though a tiny source would build in one process: this is the path a real model takes.
+    env = {**{k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}, "EDGEKIT_STAGE_WORKERS": "1"}
     return subprocess.Popen([sys.executable, "-m", "edgekit", "build", str(src), "--profile", profile, "-o", str(out),
                              *FAST, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
@@ -125,9 +126,28 @@ def test_sigkill_mid_build_leaves_no_bundle(tiny_model, tmp_path: Path) -> None:
     assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # only hidden temp folders, cleaned by the next build
 
 
+def test_small_local_sources_build_in_one_process(tiny_model, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEKIT_STAGE_WORKERS", raising=False)
+    tiny = tiny_model("llama")
+    assert not stage_workers(str(tiny))  # a few MB of weights: a worker's start-up would be most of the build
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "model.safetensors").write_bytes(b"")
+    os.truncate(big / "model.safetensors", SMALL_SOURCE_BYTES)  # sparse: the size is what counts
+    assert stage_workers(str(big))
+    assert stage_workers("example:smollm2-135m") and stage_workers(str(tmp_path / "missing"))
+    monkeypatch.setenv("EDGEKIT_STAGE_WORKERS", "1")
+    assert stage_workers(str(tiny))
+    monkeypatch.setenv("EDGEKIT_STAGE_WORKERS", "0")
+    assert not stage_workers(str(big))
+
+
 def test_sigint_mid_build_is_clean(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "b"
-    run = Spawned("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), *FAST, "--method", "fp32")
+    # In stage workers (a real model's path): the interrupt reaches the bench worker, which unwinds first.
+    run = Spawned("build", str(tiny_model("llama")), "--profile", "local", "-o", str(out), *FAST, "--method", "fp32",
+                  env={"EDGEKIT_STAGE_WORKERS": "1"})
     run.wait_for_line("bench: fidelity")
     run.proc.send_signal(signal.SIGINT)
     code, _, err = run.finish()
