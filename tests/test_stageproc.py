@@ -95,10 +95,16 @@ def _sleep_then_mark(marker: str) -> None:
 def test_an_interrupt_unwinds_the_worker_and_returns_once_it_has(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C while the stage runs
+    # Python's own handler, whatever an earlier in-process CLI test left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
-    with StageProcess() as worker, pytest.raises(KeyboardInterrupt):
-        timer.start()
-        worker.call(_sleep_then_mark, str(marker))
+    try:
+        with StageProcess() as worker, pytest.raises(KeyboardInterrupt):
+            timer.start()
+            worker.call(_sleep_then_mark, str(marker))
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert marker.read_text() == "unwound"
     # Back as soon as the worker's reply says it unwound, not after the UNWIND_S a stuck worker gets (a hang check,
     # not a speed goal: the bound is far from the ~1 s it takes).
