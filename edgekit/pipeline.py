@@ -193,14 +193,14 @@ def build(source_spec: str, profile: Profile, out: Path | str, options: BuildOpt
             # goes back to the OS before the next stage (edgekit.stageproc).
             # A small source builds in this process: a worker's start-up (~3 s of imports each) is then most of the
             # build, and there is no memory worth handing back (stage_workers).
-            lean = stage_workers(source_spec)
-            with _worker(lean) as torch_worker:  # source, distill and export share one: all three need torch
+            workers = stage_workers(source_spec)
+            with _worker(workers) as torch_worker:  # source, distill and export share one: all three need torch
                 source, sanity = stages.call("source", checked_source, source_spec, opts, worker=torch_worker)
                 method = opts.method or profile.method_for(source.task)
                 check_method(method, target, where="--method" if opts.method else f"profile {profile.name} default_method")
                 stages.plan = _plan(method, opts.then)
                 variant, _student, extra = _make_variant(stages, source, method, target, work, opts, torch_worker)
-            with _worker(lean) as worker:
+            with _worker(workers) as worker:
                 report, extra_files = stages.call("bench", _bench_and_evidence, variant, source, profile, target, opts,
                                                   work, worker=worker)
             report.update(extra)
@@ -271,8 +271,8 @@ def stage_workers(source_spec: str) -> bool:
     return not files or size >= SMALL_SOURCE_BYTES
 
 
-def _worker(enabled: bool, **kwargs: Any) -> contextlib.AbstractContextManager[StageProcess | None]:
-    return StageProcess(**kwargs) if enabled else contextlib.nullcontext()
+def _worker(enabled: bool) -> contextlib.AbstractContextManager[StageProcess | None]:
+    return StageProcess() if enabled else contextlib.nullcontext()
 
 
 def _make_variant(stages: _Stages, source: SourceModel, method: str, target: Target, work: Path,

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNWIND_S = 60.0  # how long an interrupted worker may take to clean up before it is killed
+REPLIES = ("ok", "error")  # the kinds of message that end a call; the others are progress and log records
 
 
 class RemoteTraceback(Exception):
@@ -118,7 +119,7 @@ class StageProcess:
                     proc.join(5)  # reaped: its exit code says how it ended
                     raise RuntimeError(f"the stage worker process died ({_how(proc.exitcode)})")
                 continue
-            if msg[0] in ("ok", "error"):
+            if msg[0] in REPLIES:
                 return msg  # type: ignore[no-any-return]
             _forward(msg)
 
@@ -136,7 +137,7 @@ class StageProcess:
                 with contextlib.suppress(EOFError, OSError):
                     # Its reply to the interrupted call means it has unwound: it now waits for the next call
                     # (close() ends it), not for another UNWIND_S.
-                    if conn.poll() and conn.recv()[0] in ("ok", "error"):
+                    if conn.poll() and conn.recv()[0] in REPLIES:
                         break
         finally:
             self.close()
