@@ -73,9 +73,12 @@ def _nbits(model: ModelProto, algo_config: Any, spec: WeightOnlySpec, exclude: s
                     cfg[name] = "fp32"
             return cfg
 
+    from edgekit.compress.gptq_zero_points import packed_per_column
+
     q = Quantizer(model, bits=bits, block_size=spec.block_size, is_symmetric=spec.symmetric,
                   accuracy_level=spec.accuracy_level, nodes_to_exclude=sorted(exclude), algo_config=algo_config)
-    q.process()
+    with packed_per_column():  # onnxruntime's GPTQ packing breaks on rows with an odd number of blocks
+        q.process()
     quantized: ModelProto = q.model.model
     return quantized
 
