@@ -126,7 +126,11 @@ def ort_gen(spec: dict[str, Any]) -> dict[str, Any]:
         if i:
             ttft.append(res.ttft_s)
             tps.append(len(res.step_s) / sum(res.step_s))
-    return {"ttft_s": ttft, "decode_tps": tps, "tokens": [int(t) for t in res.tokens]}
+    from edgekit.runtime import hugepages
+
+    info = {"huge_pages_mib": hugepages.anon_huge_mib(), "thp_mode": hugepages.thp_mode(),
+            "huge_pages_enabled": hugepages.enabled()}
+    return {"ttft_s": ttft, "decode_tps": tps, "tokens": [int(t) for t in res.tokens], "runtime_info": info}
 
 
 def _fix_head_dim(dec: Any, head_size: int) -> None:

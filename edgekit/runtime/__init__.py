@@ -38,8 +38,11 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
                  prepack: bool = True) -> InferenceSession:
     """`prepack=False`: weights are not copied into the kernels' packed layouts at load (a MatMul packs them per
     run instead): the same outputs for ~30 % less memory (SmolLM2 fp32: 789 vs 1,089 MiB), for sessions that check
-    numbers and time nothing."""
+    numbers and time nothing. A prepacked session's memory is backed with huge pages where the OS allows
+    (edgekit.runtime.hugepages: 1.2-1.5x SmolLM2 int8/int4 decode on x86)."""
     import onnxruntime as ort
+
+    from edgekit.runtime import hugepages
 
     opts = ort.SessionOptions()
     if not prepack:
@@ -54,7 +57,11 @@ def make_session(model_file: Path, *, threads: int = 1, providers: list[str] | t
     available = set(ort.get_available_providers())
     wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     disabled = list(CPU_DISABLED_OPTIMIZERS) if wanted == ["CPUExecutionProvider"] else []
-    return ort.InferenceSession(str(model_file), opts, providers=wanted, disabled_optimizers=disabled)
+    before = hugepages.anonymous_mappings() if prepack and hugepages.enabled() else None
+    session = ort.InferenceSession(str(model_file), opts, providers=wanted, disabled_optimizers=disabled)
+    if before is not None:
+        hugepages.collapse_new(before)
+    return session
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
