@@ -88,12 +88,16 @@ def _peer_notes(llm: list[dict[str, Any]]) -> list[str]:
             "- OpenVINO rows: optimum-intel's `OVModelForCausalLM.generate` with OpenVINO's defaults on this CPU "
             f"({info}): 'fp32' is the weight format, not the compute precision."
         )
-    huge = sorted({(v["name"], v["runtime_info"].get("huge_pages_mib")) for v in llm
-                   if v.get("engine") == "ort-gen" and (v.get("runtime_info") or {}).get("huge_pages_mib") is not None})
+    per_name: dict[str, float] = {}
+    for v in llm:
+        mib = (v.get("runtime_info") or {}).get("huge_pages_mib") if v.get("engine") == "ort-gen" else None
+        if mib is not None:
+            per_name[v["name"]] = max(per_name.get(v["name"], 0.0), float(mib))
+    huge = sorted(per_name.items())
     if huge:
         notes.append(
             "- edgekit rows (edgekit.runtime): session memory backed by transparent huge pages after load "
-            "(edgekit.runtime.hugepages; MiB in huge pages at the end of a timing worker: "
+            "(edgekit.runtime.hugepages; MiB in huge pages at the end of a timing worker, the larger of 1 and 2 threads: "
             + ", ".join(f"{name} {mib:.0f}" for name, mib in huge) + "). The peers run with their own defaults "
             "(4 KiB pages here: THP is in `madvise` mode and none of them asks)."
         )
