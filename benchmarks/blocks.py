@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SOURCE = "example:smollm2-135m"
+CALIBRATION_SAMPLES = 16  # GPTQ's feeds, as `edgekit compress` defaults; the other methods here read none
 EXPORTS: dict[str, dict[str, Any]] = {"off": {"mode": "off"}, "full": {"mode": "full", "block": 32},
                                       "full-h64": {"mode": "full", "block": 64}}
 # name → (export, method, overrides)
@@ -42,6 +43,11 @@ CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "int4hqq-b32": ("off", "int4-hqq", {"block_size": 32, "lm_head_block_size": 32}),
     "int4hqq-b32-head64": ("off", "int4-hqq", {"block_size": 32, "lm_head_block_size": 64}),
     "int4hqq-b64": ("off", "int4-hqq", {"block_size": 64, "lm_head_block_size": 64}),
+    # Issue 20, fourth pass: can a larger body block (MLAS runs 4-bit blocks of 64/128 1.2-1.4x faster than 32,
+    # benchmarks/kernel_rates.py) keep llama.cpp Q4_0's KLD? 576 inputs make 9 blocks of 64: GPTQ needed
+    # edgekit.compress.gptq_zero_points to run there at all.
+    "int4rtn-b128": ("off", "int4-rtn", {"block_size": 128, "lm_head_block_size": 64}),
+    "int4gptq-b64": ("off", "int4-gptq", {"block_size": 64, "lm_head_block_size": 64}),
 }
 
 
@@ -57,8 +63,8 @@ def build(out: Path, name: str, source: Any, target: Any) -> Path:
         export(source, target, fp32, parity=False, rotate=RotateSettings(**EXPORTS[base]))
     folder = out / name
     if not (folder / "compress.json").is_file():
-        compress(OnnxArtifact.load(fp32), method, target, folder, calibration_samples=2, checks_enabled=False,
-                 **overrides)
+        compress(OnnxArtifact.load(fp32), method, target, folder, calibration_samples=CALIBRATION_SAMPLES,
+                 checks_enabled=False, **overrides)
     return folder
 
 
@@ -82,6 +88,8 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, default=Path("/tmp/blocks"))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--eval-tokens", type=int, default=None, help="fidelity tokens (default: the bench's "
+                    "DEFAULT_EVAL_TOKENS; `make bench` reads 4096)")
     args = ap.parse_args()
 
     import torch
@@ -98,7 +106,7 @@ def main() -> None:
     res_file = args.out / "results.json"
     res: dict[str, Any] = json.loads(res_file.read_text()) if res_file.is_file() else {}
     target, source = load_target("x86-avx2"), load_source(SOURCE)
-    wins = eval_windows(source.load_tokenizer(), source.config, None, DEFAULT_EVAL_TOKENS)
+    wins = eval_windows(source.load_tokenizer(), source.config, None, args.eval_tokens or DEFAULT_EVAL_TOKENS)
     refs = None
     folders = {n: build(args.out, n, source, target) for n in args.configs.split(",")}
     for name, folder in folders.items():
