@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/kernel_rates.py [-o results.json]
 
 - MatMulNBits at one decode token (M=1), accuracy_level 4 (int8 activations, the targets' setting), per bits ×
-  block size × zero points, on SmolLM2's shapes: weights/s. Each graph holds 120 copies of the matrix (100+ MB), so
-  the weights stream from DRAM as a decode step's do, not from L3 as one small matrix's would.
+  block size × zero points, on SmolLM2's shapes: weights/s, in 4 KiB pages and in huge pages (edgekit.runtime's
+  default). Each graph holds 120 copies of the matrix (100+ MB), so the weights stream from DRAM as a decode step's
+  do, not from L3 as one small matrix's would.
 - The same at float zero points (HQQ's output): onnxruntime's fast kernels take integer ones only.
 - Float GEMM at a 64-token prefill (M=64): fp32 MatMul, fp16 MatMul, bf16 MatMul (refused: no CPU kernel), with
   PyTorch's fp32 GEMM as a second opinion on the core's fp32 peak.
@@ -54,13 +55,20 @@ def _nbits_graph(k: int, n: int, bits: int, block: int, zero: str) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _session(proto: bytes, threads: int = 1) -> Any:
+def _session(proto: bytes, threads: int = 1, huge_pages: bool = False) -> Any:
+    """A plain onnxruntime session; `huge_pages`: its new mappings moved to 2 MiB pages as edgekit.runtime does."""
     import onnxruntime as ort
+
+    from edgekit.runtime import hugepages
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(proto, opts, providers=["CPUExecutionProvider"])
+    before = hugepages.anonymous_mappings()
+    sess = ort.InferenceSession(proto, opts, providers=["CPUExecutionProvider"])
+    if huge_pages:
+        hugepages.collapse_new(before)
+    return sess
 
 
 def _median_s(call: Callable[[], object], repeats: int) -> float:
@@ -80,12 +88,15 @@ def nbits_rates() -> list[dict[str, Any]]:
         x = np.random.default_rng(1).standard_normal((1, 1, k)).astype(np.float32)
         for bits, block, zero in [(4, b, z) for b in (32, 64, 128) for z in ("none", "uint")] + \
                                  [(8, b, "none") for b in (32, 64, 128)] + [(4, 32, "float")]:
-            sess = _session(_nbits_graph(k, n, bits, block, zero))
-            # The best of three medians: one transient on a shared host should not make a block size look slow.
-            seconds = min(_median_s(lambda s=sess, x=x: s.run(None, {"x": x}), 3 if zero == "float" else 15)
-                          for _ in range(3))
-            rows.append({"shape": label, "bits": bits, "block": block, "zero_points": zero,
-                         "gweights_per_s": round(COPIES * k * n / seconds / 1e9, 2)})
+            row: dict[str, Any] = {"shape": label, "bits": bits, "block": block, "zero_points": zero}
+            for pages, huge in (("4k", False), ("huge", True)):
+                sess = _session(_nbits_graph(k, n, bits, block, zero), huge_pages=huge)
+                # The best of three medians: one transient on a shared host should not make a block size look slow.
+                seconds = min(_median_s(lambda s=sess, x=x: s.run(None, {"x": x}), 3 if zero == "float" else 15)
+                              for _ in range(3))
+                row[f"gweights_per_s_{pages}"] = round(COPIES * k * n / seconds / 1e9, 2)
+                del sess
+            rows.append(row)
     return rows
 
 
@@ -133,9 +144,10 @@ def main() -> None:
     ap.add_argument("-o", "--out", default=None, help="write the results as JSON here too")
     args = ap.parse_args()
     result = {"nbits_m1": nbits_rates(), "gemm_m64": gemm_rates(), "bandwidth": bandwidth()}
-    print("MatMulNBits, M=1, accuracy_level 4, 1 thread (G weights/s)")
+    print("MatMulNBits, M=1, accuracy_level 4, 1 thread (G weights/s: 4 KiB pages, huge pages)")
     for r in result["nbits_m1"]:
-        print(f"  {r['shape']:<18} {r['bits']}-bit block {r['block']:<4} zero points {r['zero_points']:<5} {r['gweights_per_s']:>6}")
+        print(f"  {r['shape']:<18} {r['bits']}-bit block {r['block']:<4} zero points {r['zero_points']:<5} "
+              f"{r['gweights_per_s_4k']:>6} {r['gweights_per_s_huge']:>6}")
     print("GEMM 64x576x3072, 1 thread (GFLOP/s)")
     for r in result["gemm_m64"]:
         print(f"  {r['engine']:<20} {r['dtype']:<5} {r['gflops'] if r['gflops'] is not None else 'refused: ' + r['refused']}")

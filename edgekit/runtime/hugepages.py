@@ -1,13 +1,15 @@
-"""Back a session's weights with transparent huge pages (Linux), so a decode step does not walk the page tables.
+"""Back a session's weights with transparent huge pages (Linux): decode streams them all every step.
 
-A decode step streams every weight once. In 4 KiB pages SmolLM2's int8 weights are ~35,000 pages, far past the
-L2 TLB's reach (3,072 entries on Zen 4, 12 MiB), so each page costs a page walk on every step; in 2 MiB pages they
-are ~70. Most distributions ship THP in `madvise` mode, where only memory a program asks for gets huge pages, and
-neither onnxruntime nor glibc's malloc asks. After a session is created, this asks for its new anonymous
-mappings: MADV_HUGEPAGE, then MADV_COLLAPSE (Linux 6.1+), which rebuilds the pages already there as huge ones
-at once instead of waiting for khugepaged. SmolLM2 decode, 1 thread, alternating fresh processes on this x86 host:
-int8-weight 60-77 → 100-112 tok/s, int4-rtn 84-99 → 104-115, fp32 29-31 → 33; prefill unchanged. Cost: the
-collapse copies the pages once (0.1-0.7 s for the int8/int4 models, ~2 s for 830 MiB of fp32).
+Most distributions ship THP in `madvise` mode, where only memory a program asks for gets huge pages, and neither
+onnxruntime nor glibc's malloc asks: SmolLM2's int8 session sat in ~35,000 4 KiB pages, far past the L2 TLB's reach
+(3,072 entries on Zen 4), and hardware prefetchers stop at 4 KiB page boundaries. After a session is created, this
+asks for its new anonymous mappings: MADV_HUGEPAGE, then MADV_COLLAPSE (Linux 6.1+), which rebuilds the pages
+already there as huge ones at once instead of waiting for khugepaged. Measured (benchmarks/results/
+2026-12-01-hugepages-ab.md, fresh processes alternating, 1 thread): SmolLM2 decode int8-weight 1.63x, int4-rtn 1.40x,
+fp32 1.25x, prefill unchanged; the profiler puts the gain in the MatMulNBits kernels (gate_up 3.0-3.4 -> 2.4-2.5 ms a
+step). Why exactly (TLB reach, prefetch across pages) is inferred: a lone MatMulNBits over 100 MB does not move
+(benchmarks/kernel_rates.py). Cost: the collapse copies the pages once (0.1-0.7 s for the int8/int4 models, ~2 s for
+830 MiB of fp32).
 
 `EDGEKIT_HUGE_PAGES=0` turns it off. Anywhere it cannot apply (not Linux, THP `never`, an old kernel) it does
 nothing and says so in what it returns.
