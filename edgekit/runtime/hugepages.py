@@ -31,6 +31,7 @@ HUGE = 2 << 20
 MIN_BYTES = 4 << 20  # smaller mappings hold no weights worth a collapse
 ENV = "EDGEKIT_HUGE_PAGES"
 Range = tuple[int, int]
+LAST: dict[str, Any] = {}  # what the latest collapse_new did (make_session does not return it)
 
 
 def enabled() -> bool:
@@ -76,8 +77,10 @@ def collapse_new(before: set[Range]) -> dict[str, Any]:
         if libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
             collapsed += end - start
     log.debug("huge pages: %d MiB advised, %d MiB collapsed (THP mode %s)", advised >> 20, collapsed >> 20, mode)
-    return {"applied": collapsed > 0 or advised > 0, "thp_mode": mode, "advised_mib": advised >> 20,
-            "collapsed_mib": collapsed >> 20}
+    LAST.clear()
+    LAST.update(applied=collapsed > 0 or advised > 0, thp_mode=mode, advised_mib=advised >> 20,
+                collapsed_mib=collapsed >> 20)
+    return dict(LAST)
 
 
 def new_ranges(before: set[Range], now: set[Range]) -> list[Range]:
