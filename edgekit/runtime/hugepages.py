@@ -60,10 +60,10 @@ def anonymous_mappings() -> set[Range]:
 def collapse_new(before: set[Range]) -> dict[str, Any]:
     """madvise the mappings that appeared (or changed) since `before` into huge pages; what it did."""
     if not enabled():
-        return {"applied": False, "why": "off (not Linux, or EDGEKIT_HUGE_PAGES=0)"}
+        return _record(applied=False, why="off (not Linux, or EDGEKIT_HUGE_PAGES=0)")
     mode = thp_mode()
     if mode == "never":
-        return {"applied": False, "why": "transparent huge pages are off on this system (never)"}
+        return _record(applied=False, why="transparent huge pages are off on this system (never)")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = collapsed = 0
@@ -77,9 +77,14 @@ def collapse_new(before: set[Range]) -> dict[str, Any]:
         if libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
             collapsed += end - start
     log.debug("huge pages: %d MiB advised, %d MiB collapsed (THP mode %s)", advised >> 20, collapsed >> 20, mode)
+    return _record(applied=collapsed > 0 or advised > 0, thp_mode=mode, advised_mib=advised >> 20,
+                   collapsed_mib=collapsed >> 20)
+
+
+def _record(**what: Any) -> dict[str, Any]:
+    """Keep what this call did as LAST, whichever way it ended, and return it."""
     LAST.clear()
-    LAST.update(applied=collapsed > 0 or advised > 0, thp_mode=mode, advised_mib=advised >> 20,
-                collapsed_mib=collapsed >> 20)
+    LAST.update(what)
     return dict(LAST)
 
 
